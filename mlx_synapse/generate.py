@@ -1,0 +1,323 @@
+"""Text generation: ``generate_step`` (a token generator), ``stream_generate``,
+``generate``, and the ``python -m mlx_synapse.generate`` command.
+
+The backend is the model's (``model.backend``): MLX models run the loop
+below, NumPy models the twin in ``backends/numpy/generate.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, List, Optional, Sequence, Union
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def generate_step(
+    prompt,
+    model,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    sampler: Optional[Callable] = None,
+    logits_processors: Optional[List[Callable]] = None,
+    max_kv_size: Optional[int] = None,
+    kv_bits: Optional[int] = None,
+    prompt_cache: Optional[list] = None,
+    prefill_step_size: int = 512,
+) -> Generator[tuple, None, None]:
+    """Yield ``(token, logprobs)`` for each generated token of an MLX model.
+
+    Args:
+        prompt: token ids, an ``mx.array`` of shape (L,) or a list.
+        model: an MLX causal LM.
+        max_tokens: stop after this many tokens (-1: no limit).
+        sampler: logprobs (1, V) -> token (1,); greedy when None.
+        logits_processors: callables ``(tokens, logits) -> logits``.
+        max_kv_size: bound the KV cache (rotating) to this many tokens.
+        kv_bits: quantize the KV cache to 4 or 8 bits.
+        prompt_cache: caches to reuse (from ``make_prompt_cache``); filled in place.
+        prefill_step_size: prompt tokens processed per forward pass.
+    """
+    import mlx.core as mx
+
+    from .models.cache import make_prompt_cache
+
+    tokens = mx.array(prompt, mx.uint32) if not isinstance(prompt, mx.array) else prompt
+    if tokens.size == 0:
+        raise ValueError("[generate] the prompt is empty; give at least one token.")
+    cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model, max_kv_size, kv_bits)
+    sampler = sampler or (lambda lp: mx.argmax(lp, axis=-1))
+    processors = logits_processors or []
+    history = tokens
+
+    def step(y: mx.array):
+        nonlocal history
+        logits = model(y[None], cache=cache)[:, -1, :]
+        if processors:
+            for p in processors:
+                logits = p(history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        tok = sampler(logprobs)
+        if processors:
+            history = mx.concatenate([history, tok.astype(history.dtype)])
+        return tok, logprobs.squeeze(0)
+
+    # Chunked prefill; evaluating the cache after each chunk bounds peak memory.
+    while tokens.size > 1 and tokens.size > prefill_step_size:
+        model(tokens[:prefill_step_size][None], cache=cache)
+        mx.eval([c.state for c in cache])
+        tokens = tokens[prefill_step_size:]
+    y, logprobs = step(tokens)
+    mx.async_eval(y, logprobs)
+    n = 0
+    while True:
+        if n == max_tokens:
+            break
+        # Queue the next step before handing out this one, so the device keeps busy
+        # while the caller detokenizes.
+        if n + 1 != max_tokens:
+            next_y, next_lp = step(y)
+            mx.async_eval(next_y, next_lp)
+        yield y.item(), logprobs
+        if n + 1 != max_tokens:
+            y, logprobs = next_y, next_lp
+        n += 1
+
+
+@dataclass
+class GenerationResponse:
+    """One streamed piece of output with running statistics.
+
+    text: the new text segment; token / logprobs: the token just generated;
+    prompt_tps / generation_tps: tokens per second; ttft: seconds to the first
+    token; peak_memory: GB (the backend's own peak on MLX, process peak RSS on NumPy);
+    finish_reason: None, "stop" (EOS) or "length".
+    """
+
+    text: str
+    token: int
+    logprobs: Any
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    ttft: float
+    peak_memory: float
+    finish_reason: Optional[str] = None
+
+
+def _peak_memory_gb(backend: str) -> float:
+    if backend == "mlx":
+        import mlx.core as mx
+
+        return mx.get_peak_memory() / 1e9
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1e9 if sys.platform == "darwin" else 1e6)
+
+
+def _encode_prompt(tokenizer, prompt: Union[str, Sequence[int]]) -> list:
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("[generate] the prompt is empty; pass --prompt TEXT or text on stdin.")
+        add_special = tokenizer.bos_token is None or not prompt.startswith(tokenizer.bos_token)
+        return tokenizer.encode(prompt, add_special_tokens=add_special)
+    ids = list(prompt)
+    if not ids:
+        raise ValueError("[generate] the prompt is empty; give at least one token.")
+    return ids
+
+
+def stream_generate(
+    model,
+    tokenizer,
+    prompt: Union[str, Sequence[int]],
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    temp: float = 0.0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    top_k: int = 0,
+    repetition_penalty: Optional[float] = None,
+    repetition_context_size: int = 20,
+    seed: Optional[int] = None,
+    sampler: Optional[Callable] = None,
+    logits_processors: Optional[List[Callable]] = None,
+    **kwargs,
+) -> Generator[GenerationResponse, None, None]:
+    """Stream the completion of ``prompt`` (text or token ids) piece by piece.
+
+    Sampling options build the backend's sampler unless ``sampler`` is given.
+    Other keyword arguments go to the backend's ``generate_step``
+    (``max_kv_size``, ``kv_bits``, ``prefill_step_size``, ``prompt_cache``).
+    """
+    backend = getattr(model, "backend", "mlx")
+    ids = _encode_prompt(tokenizer, prompt)
+    if backend == "numpy":
+        from .backends.numpy import generate as np_gen
+        from .backends.numpy import sample as np_sample
+
+        if kwargs.pop("kv_bits", None) is not None:
+            raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
+        sampler = sampler or np_sample.make_sampler(temp, top_p, min_p, top_k, seed=seed)
+        if logits_processors is None:
+            logits_processors = np_sample.make_logits_processors(repetition_penalty, repetition_context_size)
+        steps = np_gen.generate_step(
+            ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=logits_processors, **kwargs
+        )
+        sync = lambda: None  # noqa: E731
+    else:
+        import mlx.core as mx
+
+        from . import sample
+
+        if seed is not None:
+            mx.random.seed(seed)
+        mx.reset_peak_memory()
+        sampler = sampler or sample.make_sampler(temp, top_p, min_p, top_k)
+        if logits_processors is None:
+            logits_processors = sample.make_logits_processors(repetition_penalty, repetition_context_size)
+        steps = generate_step(
+            mx.array(ids, mx.uint32), model, max_tokens=max_tokens, sampler=sampler,
+            logits_processors=logits_processors, **kwargs,
+        )
+        sync = mx.synchronize
+
+    detok = tokenizer.detokenizer
+    detok.reset()
+    eos = set(tokenizer.eos_token_ids)
+    tic = time.perf_counter()
+    prompt_time = ttft = 0.0
+    n = 0
+    for n, (token, logprobs) in enumerate(steps, start=1):
+        if n == 1:
+            sync()
+            ttft = prompt_time = time.perf_counter() - tic
+            tic = time.perf_counter()
+        finish = "stop" if token in eos else ("length" if n == max_tokens else None)
+        if token not in eos:
+            detok.add_token(token)
+        if finish:
+            detok.finalize()
+        gen_time = time.perf_counter() - tic
+        yield GenerationResponse(
+            text=detok.last_segment,
+            token=token,
+            logprobs=logprobs,
+            prompt_tokens=len(ids),
+            prompt_tps=len(ids) / max(prompt_time, 1e-9),
+            generation_tokens=n,
+            # The first token's time belongs to the prompt; rate over the rest.
+            generation_tps=(n - 1) / gen_time if n > 1 and gen_time > 0 else 0.0,
+            ttft=ttft,
+            peak_memory=_peak_memory_gb(backend),
+            finish_reason=finish,
+        )
+        if finish:
+            break
+
+
+def generate(model, tokenizer, prompt: Union[str, Sequence[int]], *, verbose: bool = False, **kwargs) -> str:
+    """The whole completion as one string; ``verbose`` streams it and prints statistics."""
+    text, last = "", None
+    for last in stream_generate(model, tokenizer, prompt, **kwargs):
+        text += last.text
+        if verbose:
+            print(last.text, end="", flush=True)
+    if verbose:
+        print()
+        if last is not None:
+            print_stats(last)
+    return text
+
+
+def print_stats(r: GenerationResponse, file=sys.stdout) -> None:
+    print("=" * 10, file=file)
+    print(f"Prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.3f} tokens-per-sec", file=file)
+    print(f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec", file=file)
+    print(f"Time to first token: {r.ttft:.3f} s", file=file)
+    print(f"Peak memory: {r.peak_memory:.3f} GB", file=file)
+
+
+def build_prompt(tokenizer, prompt: str, system: Optional[str] = None, use_chat_template: bool = True):
+    """Apply the chat template (when the tokenizer has one) and return token ids."""
+    if use_chat_template and getattr(tokenizer, "has_chat_template", False):
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        return list(ids)
+    text = f"{system}\n\n{prompt}" if system else prompt
+    return _encode_prompt(tokenizer, text)
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mlx_synapse.generate",
+        description="Generate text with a small language model (default: SmolLM2-135M-Instruct).",
+    )
+    p.add_argument("--model", default=None, help="model dir, .gguf file or HF id (default: the embedded model)")
+    p.add_argument("--prompt", "-p", default=None, help="prompt text; read from stdin when omitted")
+    p.add_argument("--system", default=None, help="system message for chat models")
+    p.add_argument("--max-tokens", "-m", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--repetition-context-size", type=int, default=20)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-kv-size", type=int, default=None, help="bound the KV cache (rotating)")
+    p.add_argument("--kv-bits", type=int, default=None, choices=[4, 8], help="quantize the KV cache (MLX)")
+    p.add_argument("--backend", default="auto", choices=["auto", "mlx", "numpy"])
+    p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    p.add_argument("--verbose", action="store_true", help="print the prompt and the backend used")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = setup_arg_parser().parse_args(argv)
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            print("error: give --prompt TEXT or pipe text on stdin.", file=sys.stderr)
+            return 2
+        prompt = sys.stdin.read()
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        print("error: the prompt is empty; give --prompt TEXT or text on stdin.", file=sys.stderr)
+        return 2
+    from .loader import load
+
+    try:
+        model, tokenizer = load(args.model, backend=args.backend)
+        ids = build_prompt(tokenizer, prompt, args.system, not args.no_chat_template)
+        if args.verbose:
+            print(f"[backend: {model.backend}; model: {model.model_path}]", file=sys.stderr)
+            print(tokenizer.decode(ids), file=sys.stderr)
+        last = None
+        for last in stream_generate(
+            model, tokenizer, ids, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
+            min_p=args.min_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+            repetition_context_size=args.repetition_context_size, seed=args.seed,
+            max_kv_size=args.max_kv_size, kv_bits=args.kv_bits,
+        ):
+            print(last.text, end="", flush=True)
+        print()
+        if last is not None:
+            print_stats(last)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""GGUF import: a header reader and a converter to an mlx-lm model directory.
+
+``read_gguf`` parses the GGUF container (v2/v3, little-endian) with no
+dependency beyond NumPy. ``convert_gguf`` turns a llama/qwen2 GGUF into
+``config.json`` + ``model.safetensors`` + tokenizer files that load in mlx-lm
+and in ``mlx_synapse.loader``. Q4_0/Q4_1/Q8_0 tensors stay quantized: they map
+exactly onto MLX's affine format with group size 32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+_MAX_ARRAY_NESTING = 8
+
+# ggml type id -> (name, elements per block, bytes per block), from ggml.h.
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
+}
+
+# GGUF metadata value types: struct format of scalars, NumPy dtype for arrays.
+_SCALAR_FMT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
+               10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
+_QUANT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+_GROUP_SIZE = 32  # every supported ggml quant type uses blocks of 32 along a row
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor entry of a GGUF file.
+
+    ``shape`` is in GGUF order (ne0, the contiguous row length, first), i.e.
+    the reverse of the NumPy shape. ``offset`` is relative to ``data_offset``.
+    ``nbytes`` is None for a ggml type this reader does not know.
+    """
+
+    name: str
+    type_name: str
+    shape: tuple
+    offset: int
+    nbytes: Optional[int] = None
+
+
+@dataclass
+class GGUFInfo:
+    """Parsed GGUF header: version, metadata, tensor table and data start."""
+
+    path: Path
+    version: int
+    metadata: dict = field(default_factory=dict)
+    tensors: list = field(default_factory=list)
+    data_offset: int = 0
+    alignment: int = DEFAULT_ALIGNMENT
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads, so a short file is a ValueError."""
+
+    def __init__(self, buf: Any, size: int, path: Path):
+        self.buf, self.size, self.path, self.pos = buf, size, path, 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.pos + n
+        if n < 0 or end > self.size:
+            raise ValueError(
+                f"{self.path}: GGUF file is truncated: reading {what} needs {n} bytes at "
+                f"offset {self.pos} but the file has {self.size} bytes; re-download it."
+            )
+        data = self.buf[self.pos:end]  # a copy, so no view outlives the mmap
+        self.pos = end
+        return data
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        # Lenient decoding: a stray invalid byte in one token must not block a load.
+        return self.take(self.scalar("Q", what), what).decode("utf-8", errors="replace")
+
+
+def _read_value(cur: _Cursor, vtype: int, key: str, depth: int = 0) -> Any:
+    """Read one metadata value of GGUF type ``vtype`` (arrays become lists)."""
+    if vtype in _SCALAR_FMT:
+        return cur.scalar(_SCALAR_FMT[vtype], f"value of {key!r}")
+    if vtype == _STRING:
+        return cur.string(f"value of {key!r}")
+    if vtype != _ARRAY:
+        raise ValueError(f"{cur.path}: metadata key {key!r} has unknown value type {vtype}.")
+    if depth >= _MAX_ARRAY_NESTING:
+        raise ValueError(f"{cur.path}: metadata key {key!r} nests arrays too deeply.")
+    sub = cur.scalar("I", f"array type of {key!r}")
+    count = cur.scalar("Q", f"array length of {key!r}")
+    if sub in _SCALAR_FMT:
+        # Bulk-decode numeric arrays (token types, scores: ~100k entries).
+        fmt = _SCALAR_FMT[sub]
+        dtype = np.dtype("u1" if fmt == "?" else "<" + fmt)
+        raw = cur.take(count * dtype.itemsize, f"array {key!r}")
+        arr = np.frombuffer(raw, dtype=dtype)
+        return (arr != 0).tolist() if fmt == "?" else arr.tolist()
+    if sub in (_STRING, _ARRAY):
+        # Each element consumes >= 8 bytes, so a bogus count hits "truncated" quickly.
+        return [_read_value(cur, sub, key, depth + 1) for _ in range(count)]
+    raise ValueError(f"{cur.path}: metadata array {key!r} has unknown element type {sub}.")
+
+
+def read_gguf(path: Union[str, Path]) -> GGUFInfo:
+    """Parse a GGUF file's header, metadata and tensor table (no tensor data).
+
+    Args:
+        path: the ``.gguf`` file.
+
+    Returns:
+        A ``GGUFInfo``; metadata values are Python ints/floats/bools/strs or
+        (nested) lists of them.
+
+    Raises:
+        ValueError: not a GGUF file (bad magic), an unsupported version, a
+            malformed header, or a file truncated before its tensor data ends.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is not a GGUF file: it is empty.")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return _parse(_Cursor(mm, size, path))
+
+
+def _parse(cur: _Cursor) -> GGUFInfo:
+    path = cur.path
+    magic = cur.buf[:4]
+    if magic != GGUF_MAGIC:
+        raise ValueError(
+            f"{path} is not a GGUF file: expected magic {GGUF_MAGIC!r} at offset 0 but found "
+            f"{bytes(magic)!r}."
+        )
+    cur.pos = 4
+    version = cur.scalar("I", "the version")
+    if version not in SUPPORTED_VERSIONS:
+        swapped = struct.unpack(">I", struct.pack("<I", version))[0]
+        hint = ""
+        if swapped in SUPPORTED_VERSIONS:
+            hint = " (a big-endian file; only little-endian is supported)"
+        raise ValueError(
+            f"{path}: unsupported GGUF version {version}{hint}; supported versions are "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}. Re-export it with a current llama.cpp."
+        )
+    n_tensors = cur.scalar("Q", "the tensor count")
+    n_kv = cur.scalar("Q", "the metadata count")
+    info = GGUFInfo(path=path, version=version)
+    for _ in range(n_kv):
+        key = cur.string("a metadata key")
+        vtype = cur.scalar("I", f"the type of {key!r}")
+        if key in info.metadata:
+            raise ValueError(f"{path}: metadata key {key!r} appears twice.")
+        info.metadata[key] = _read_value(cur, vtype, key)
+
+    raw_tensors = []
+    for _ in range(n_tensors):
+        name = cur.string("a tensor name")
+        n_dims = cur.scalar("I", f"the rank of {name!r}")
+        if not 1 <= n_dims <= 4:  # GGML_MAX_DIMS
+            raise ValueError(f"{path}: tensor {name!r} has invalid rank {n_dims}.")
+        shape = tuple(cur.scalar("Q", f"the shape of {name!r}") for _ in range(n_dims))
+        type_id = cur.scalar("I", f"the type of {name!r}")
+        offset = cur.scalar("Q", f"the offset of {name!r}")
+        raw_tensors.append((name, shape, type_id, offset))
+
+    alignment = info.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"{path}: general.alignment must be a power of two, got {alignment!r}.")
+    info.alignment = alignment
+    info.data_offset = -(-cur.pos // alignment) * alignment
+    for name, shape, type_id, offset in raw_tensors:
+        tname, block, bsize = GGML_TYPES.get(type_id, (f"TYPE_{type_id}", 0, 0))
+        nbytes = None
+        if block:
+            if shape[0] % block:
+                raise ValueError(
+                    f"{path}: tensor {name!r} of type {tname} has row length {shape[0]}, "
+                    f"not a multiple of its block size {block}."
+                )
+            nbytes = math.prod(shape) // block * bsize
+            end = info.data_offset + offset + nbytes
+            if end > cur.size:
+                raise ValueError(
+                    f"{path}: GGUF file is truncated: tensor {name!r} ends at byte {end} but the "
+                    f"file has {cur.size} bytes; re-download it."
+                )
+        info.tensors.append(TensorInfo(name, tname, shape, offset, nbytes))
+    return info
+
+
+# ----------------------------------------------------------------------------- conversion
+
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_NORMS = ("model.norm", "input_layernorm", "post_attention_layernorm")
+
+
+def hf_tensor_name(gguf_name: str) -> Optional[str]:
+    """Map a llama.cpp tensor name to its Hugging Face name, or None if unknown.
+
+    Args:
+        gguf_name: e.g. ``blk.3.attn_q.weight``.
+
+    Returns:
+        e.g. ``model.layers.3.self_attn.q_proj.weight``.
+    """
+    base, dot, suffix = gguf_name.rpartition(".")
+    if not dot or suffix not in ("weight", "bias"):
+        return None
+    if base in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[base]}.{suffix}"
+    parts = base.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _BLOCK_NAMES:
+        return f"model.layers.{int(parts[1])}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
+    return None
+
+
+def unpermute_rows(w: Any, n_head: int) -> Any:
+    """Undo llama.cpp's q/k row interleave (its HF->GGUF ``permute``).
+
+    llama.cpp reorders each head's rows from HF's half-split rotary layout to
+    interleaved pairs: ``w.reshape(n_head, 2, r // 2, ...).swapaxes(1, 2)``.
+    This is its inverse. It acts on rows only, so it applies unchanged to a
+    quantized weight's packed rows, scales and biases (groups run along a row).
+
+    Args:
+        w: MLX or NumPy array with ``n_head * r`` rows (``r`` even).
+        n_head: heads the rows split into (``n_head_kv`` for k).
+
+    Returns:
+        The array with rows in Hugging Face order.
+    """
+    rows = w.shape[0]
+    if rows % n_head or (rows // n_head) % 2:
+        raise ValueError(f"cannot un-permute {rows} rows into {n_head} heads of even size.")
+    rest = tuple(w.shape[1:])
+    return w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def _need(info: GGUFInfo, key: str) -> Any:
+    if key not in info.metadata:
+        raise ValueError(f"{info.path}: GGUF metadata lacks {key!r}, which the conversion needs.")
+    return info.metadata[key]
+
+
+def _f32(x: float) -> float:
+    # float32 metadata (1e-5 stored as 9.99999974e-06): keep its shortest decimal.
+    return float(str(np.float32(x)))
+
+
+def _hf_config(info: GGUFInfo, arch: str) -> dict:
+    """Hugging Face style config.json entries from GGUF metadata."""
+    md, p = info.metadata, arch + "."
+    tensors = {t.name: t for t in info.tensors}
+    hidden = int(_need(info, p + "embedding_length"))
+    heads = int(_need(info, p + "attention.head_count"))
+    head_dim = int(md.get(p + "attention.key_length", hidden // heads))
+    rope_dim = md.get(p + "rope.dimension_count", head_dim)
+    if rope_dim != head_dim:
+        raise ValueError(
+            f"{info.path}: partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported."
+        )
+    if "token_embd.weight" in tensors:
+        vocab = tensors["token_embd.weight"].shape[1]
+    else:
+        vocab = md.get(p + "vocab_size") or len(_need(info, "tokenizer.ggml.tokens"))
+    config = {
+        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "model_type": arch,
+        "hidden_size": hidden,
+        "intermediate_size": int(_need(info, p + "feed_forward_length")),
+        "num_hidden_layers": int(_need(info, p + "block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(md.get(p + "attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": _f32(_need(info, p + "attention.layer_norm_rms_epsilon")),
+        "rope_theta": _f32(md.get(p + "rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(md.get(p + "context_length", 2048)),
+        "vocab_size": int(vocab),
+        "hidden_act": "silu",
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "rope_traditional": False,  # q/k are un-permuted back to HF's half-split layout
+    }
+    if arch == "llama":
+        config["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        config["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
+    for key in ("bos", "eos"):
+        if f"tokenizer.ggml.{key}_token_id" in md:
+            config[f"{key}_token_id"] = int(md[f"tokenizer.ggml.{key}_token_id"])
+    # Older GGUFs carry only ``rope.scale_linear``; newer ones a type + factor.
+    scaling = md.get(p + "rope.scaling.type", "linear" if p + "rope.scale_linear" in md else "none")
+    factor = md.get(p + "rope.scaling.factor", md.get(p + "rope.scale_linear", 1.0))
+    if scaling == "linear" and factor != 1.0:
+        config["rope_scaling"] = {"type": "linear", "rope_type": "linear", "factor": _f32(factor)}
+    elif scaling not in ("none", "linear"):
+        raise ValueError(f"rope scaling {scaling!r} in GGUF is not supported (only 'linear').")
+    return config
+
+
+def _check_convertible(info: GGUFInfo) -> str:
+    """Validate architecture, tensor types and names before any heavy work."""
+    arch = info.metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{info.path}: GGUF architecture {arch!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}."
+        )
+    names = {t.name for t in info.tensors}
+    if "rope_freqs.weight" in names:
+        raise ValueError(
+            f"{info.path}: llama3 rope_freqs in GGUF not supported yet; convert the model "
+            "from its Hugging Face checkpoint instead."
+        )
+    bad = [f"{t.name} ({t.type_name})" for t in info.tensors if t.type_name not in SUPPORTED_TENSOR_TYPES]
+    if bad:
+        raise ValueError(
+            f"{info.path}: unsupported GGUF tensor type(s): {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. Supported types: "
+            f"{', '.join(SUPPORTED_TENSOR_TYPES)}. Fix: re-export the GGUF as Q4_0, Q4_1, Q8_0 or "
+            "F16 (llama-quantize), or convert from the Hugging Face checkpoint."
+        )
+    unknown = [t.name for t in info.tensors if hf_tensor_name(t.name) is None]
+    if unknown:
+        raise ValueError(
+            f"{info.path}: unknown tensor(s) for architecture {arch!r}: {', '.join(unknown[:8])}"
+            f"{' ...' if len(unknown) > 8 else ''}."
+        )
+    return arch
+
+
+def _float_tensor(info: GGUFInfo, t: TensorInfo):
+    """Read an F32/F16/BF16 tensor exactly (MLX's GGUF loader turns BF16 into F16)."""
+    import mlx.core as mx
+
+    dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[t.type_name]
+    arr = np.fromfile(info.path, dtype=dt, count=math.prod(t.shape), offset=info.data_offset + t.offset)
+    arr = mx.array(arr.reshape(tuple(reversed(t.shape))))
+    return arr.view(mx.bfloat16) if t.type_name == "BF16" else arr
+
+
+_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def convert_gguf(
+    gguf_path: Union[str, Path],
+    out_dir: Union[str, Path],
+    *,
+    dtype: Optional[str] = None,
+    dequantize: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert a llama/qwen2 GGUF file into an mlx-lm model directory.
+
+    Q4_0/Q4_1 (4 bit) and Q8_0 (8 bit) tensors stay quantized as MLX affine
+    triples (weight, scales, biases; group size 32) unless ``dequantize``.
+    llama's q/k rows are un-permuted back to Hugging Face order.
+
+    Args:
+        gguf_path: the ``.gguf`` file.
+        out_dir: directory to write (created if missing).
+        dtype: "float16" (default), "bfloat16" or "float32": the dtype of float
+            tensors (norms, F16/F32 matrices), of quantization scales/biases and
+            of dequantized weights. GGUF scales are fp16, so "bfloat16" rounds them.
+        dequantize: write float weights instead of quantized ones.
+        progress: show a tqdm bar over the tensors.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: unsupported architecture, tensor type or tensor name, or a
+            malformed/truncated file.
+    """
+    import mlx.core as mx
+    from tqdm import tqdm
+
+    from .gguf_tokenizer import write_tokenizer_from_gguf
+
+    dtype = dtype or "float16"
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
+    mx_dtype = getattr(mx, dtype)
+    info = read_gguf(gguf_path)
+    arch = _check_convertible(info)
+    config = _hf_config(info, arch)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if "tokenizer.ggml.model" in info.metadata:
+        write_tokenizer_from_gguf(info.metadata, out)
+    else:
+        warnings.warn(f"{info.path} has no tokenizer metadata; writing the model without one.")
+
+    raw = mx.load(str(info.path)) if any(t.type_name in _QUANT_BITS for t in info.tensors) else {}
+    # llama.cpp interleaves rotary pairs only for llama (qwen2 uses NeoX rope, unpermuted).
+    heads = {"self_attn.q_proj": config["num_attention_heads"],
+             "self_attn.k_proj": config["num_key_value_heads"]}
+    weights, module_bits = {}, {}
+    for t in tqdm(info.tensors, desc="Converting GGUF", unit="tensor", disable=not progress):
+        name = hf_tensor_name(t.name)
+        module = name.rpartition(".")[0]
+        n_head = heads.get(module.split(".", 3)[-1]) if arch == "llama" else None
+        if t.type_name not in _QUANT_BITS:
+            w = _float_tensor(info, t)
+            weights[name] = (unpermute_rows(w, n_head) if n_head else w).astype(mx_dtype)
+            continue
+        bits = _QUANT_BITS[t.type_name]
+        base = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
+        try:
+            triple = [raw[t.name], raw[base + ".scales"], raw[base + ".biases"]]
+        except KeyError as e:
+            raise ValueError(f"{info.path}: MLX's GGUF loader returned no {e} for {t.name}.") from e
+        if triple[0].shape[-1] * 32 // bits != t.shape[0]:
+            raise ValueError(f"MLX unpacked {t.name} to an unexpected shape {triple[0].shape}.")
+        if n_head:
+            triple = [unpermute_rows(a, n_head) for a in triple]
+        # Only Linear/Embedding weights can stay packed; a quantized norm is expanded.
+        is_matrix = name.endswith(".weight") and len(t.shape) == 2 and not module.endswith(_NORMS)
+        if is_matrix and not dequantize:
+            weights[name] = triple[0]
+            weights[module + ".scales"] = triple[1].astype(mx_dtype)
+            weights[module + ".biases"] = triple[2].astype(mx_dtype)
+            module_bits[module] = bits
+        else:
+            # Dequantize in float32 so the only rounding is the final cast.
+            w, s, b = (a.reshape(-1, a.shape[-1]) for a in triple)
+            s, b = s.astype(mx.float32), b.astype(mx.float32)
+            full = mx.dequantize(w, s, b, group_size=_GROUP_SIZE, bits=bits)
+            weights[name] = full.reshape(tuple(reversed(t.shape))).astype(mx_dtype)
+    del raw
+
+    if module_bits:
+        counts: dict = {}
+        for b in module_bits.values():
+            counts[b] = counts.get(b, 0) + 1
+        default = max(sorted(counts), key=lambda b: counts[b])  # most common; ties -> fewer bits
+        quant = {"group_size": _GROUP_SIZE, "bits": default, "mode": "affine"}
+        for module, b in sorted(module_bits.items()):
+            if b != default:  # mlx-lm's per-module override, keyed by the module path
+                quant[module] = {"group_size": _GROUP_SIZE, "bits": b, "mode": "affine"}
+        config["quantization"] = quant
+        config["quantization_config"] = dict(quant)
+    config["torch_dtype"] = dtype
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps(config, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    return out

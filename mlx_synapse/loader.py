@@ -231,7 +231,7 @@ def load(
         backend: "mlx", "numpy", or "auto" (the faster one for this machine).
         revision: hub revision.
         dequantize: MLX only — None picks what is fastest (float on CPU, quantized on GPU).
-        dtype: MLX only — cast float weights.
+        dtype: MLX only — cast float weights; None keeps the file's on a GPU, float32 on a CPU.
 
     Returns:
         ``(model, tokenizer)``; ``model.backend`` is "mlx" or "numpy".
@@ -256,9 +256,13 @@ def load(
     else:
         import mlx.core as mx
 
+        on_cpu = mx.default_device() == mx.cpu
+        # On MLX's CPU backend, 4-bit and 16-bit matmuls run several times slower than
+        # float32 ones (benchmarks/README.md), so CPU runs hold float32 weights.
         if dequantize is None:
-            # MLX's CPU quantized matmul is several times slower than its float one.
-            dequantize = mx.default_device() == mx.cpu
+            dequantize = on_cpu
+        if dtype is None and on_cpu:
+            dtype = "float32"
         model, _ = load_model(model_path, dequantize=dequantize, dtype=dtype)
         model.backend = "mlx"
     model.model_path = model_path

@@ -10,7 +10,6 @@ the tokenizer files.
 from __future__ import annotations
 
 import glob
-import json
 import shutil
 from pathlib import Path
 from typing import Optional, Union

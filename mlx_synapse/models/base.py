@@ -21,8 +21,11 @@ class BaseModelArgs:
         """Build from a ``config.json`` dict, ignoring keys the class does not know."""
         known = inspect.signature(cls).parameters
         kwargs = {k: v for k, v in params.items() if k in known}
-        if "rope_theta" in known or "rope_scaling" in known:
-            kwargs["rope_theta"], kwargs["rope_scaling"] = rope_settings(params)
+        if "rope_theta" in known:
+            theta, scaling, partial = rope_settings(params)
+            kwargs.update(rope_theta=theta, rope_scaling=scaling)
+            if "partial_rotary_factor" in known:
+                kwargs["partial_rotary_factor"] = partial
         missing = [
             name
             for name, p in known.items()

@@ -62,16 +62,19 @@ def rope_inv_freq(head_dim: int, base: float, scaling: Optional[dict] = None) ->
     return inv_freq.astype(np.float32)
 
 
-def rope_settings(config: dict) -> tuple[float, Optional[dict]]:
-    """``(rope_theta, rope_scaling)`` from an HF config dict.
+def rope_settings(config: dict) -> tuple[float, Optional[dict], float]:
+    """``(rope_theta, rope_scaling, partial_rotary_factor)`` from an HF config dict.
 
-    transformers >= 5 writes ``rope_parameters`` (theta and scaling in one dict)
-    where older versions wrote ``rope_theta`` and ``rope_scaling``; read both.
+    transformers >= 5 writes ``rope_parameters`` (theta, scaling and the
+    partial rotary factor in one dict) where older versions wrote top-level
+    ``rope_theta`` / ``rope_scaling``; read both.
     """
     params = config.get("rope_parameters") or {}
     theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
     scaling = config.get("rope_scaling") or None
-    if scaling is None and params.get("rope_type", "default") != "default":
-        scaling = dict(params)
-    rope_type(scaling)  # validate early, with a clear message
-    return float(theta), scaling
+    if scaling is None and params.get("rope_type", params.get("type", "default")) != "default":
+        scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if rope_type(scaling) == "default":  # validates, with a clear message
+        scaling = None
+    partial = config.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0)) or 1.0
+    return float(theta), scaling, float(partial)

@@ -1,0 +1,251 @@
+"""The decoder-only transformer (llama / mistral / qwen2 / qwen3 / phi3) in NumPy.
+
+All math is float32.  Weights come from :mod:`.weights` already fused and
+transposed, so a layer is: RMSNorm -> one qkv matmul -> (qwen3 q/k norm) ->
+RoPE -> KV cache -> grouped-query attention as batched matmuls -> o matmul ->
+RMSNorm -> one gate|up matmul -> SiLU gate -> down matmul.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .blas import DecodeThreadTuner, blas_threads
+from .cache import KVCache, make_cache
+from .config import ModelArgs, parse_args, read_config
+from .rope import Rope
+from .safetensors import open_model_dir
+from .weights import LayerWeights, ModelWeights, load_weights
+
+# Attention scores are computed for at most this many (head, query, key)
+# entries at once; longer full-sequence forwards are split into query blocks.
+_SCORE_BUDGET = 1 << 24
+
+_max = np.maximum.reduce
+_sum = np.add.reduce
+
+
+def _rms_unit(x: np.ndarray, eps: np.float32) -> np.ndarray:
+    """x / sqrt(mean(x**2) + eps) over the last axis (the weight is applied elsewhere)."""
+    ms = _sum(np.square(x), axis=-1, keepdims=True)
+    ms *= np.float32(1.0 / x.shape[-1])
+    ms += eps
+    np.sqrt(ms, out=ms)
+    return x / ms
+
+
+def _silu_mul(gu: np.ndarray, inter: int) -> np.ndarray:
+    """silu(gate) * up for gu = [gate | up] along the last axis."""
+    gate, up = gu[..., :inter], gu[..., inter:]
+    t = np.negative(gate)
+    np.exp(t, out=t)
+    t += np.float32(1.0)
+    np.divide(gate, t, out=t)
+    t *= up
+    return t
+
+
+class NumpyModel:
+    """A loaded model; call it on token ids to get float32 logits."""
+
+    backend = "numpy"
+
+    def __init__(self, args: ModelArgs, weights: ModelWeights, config: Optional[Dict[str, Any]] = None):
+        self.args = args
+        self.config = dict(config or {})
+        self.weights = weights
+        self.num_layers = args.num_layers
+        self.vocab_size = args.vocab_size
+        self.layers: List[LayerWeights] = weights.layers
+        self.rope = Rope(args.head_dim, args.rotary_dim, args.rope_theta, args.rope_scaling)
+        self._eps = np.float32(args.rms_norm_eps)
+        self._eps_f = float(args.rms_norm_eps)
+        self._nh, self._nkv, self._d = args.num_heads, args.num_kv_heads, args.head_dim
+        self._group = self._nh // self._nkv
+        self._inter = args.intermediate_size
+        self._inv_h = 1.0 / args.hidden_size
+        self._tuner = DecodeThreadTuner()
+
+    # ------------------------------------------------------------------ API
+    def make_cache(self, max_kv_size: Optional[int] = None):
+        return make_cache(self.num_layers, max_kv_size)
+
+    def __call__(self, ids, cache=None) -> np.ndarray:
+        """Logits (L, V) for every position of ``ids`` ((L,) or (1, L))."""
+        ids = self._tokens(ids)
+        if len(ids) == 1:
+            return self._decode(ids, cache)[None]
+        return self._hidden(ids, cache) @ self.weights.lm_head_t
+
+    def forward_last(self, ids, cache=None) -> np.ndarray:
+        """Logits (V,) of the last position only (skips the lm_head for the rest)."""
+        ids = self._tokens(ids)
+        if len(ids) == 1:
+            return self._decode(ids, cache)
+        return (self._hidden(ids, cache, last_only=True) @ self.weights.lm_head_t)[0]
+
+    def prefill(self, ids, cache) -> None:
+        """Run ``ids`` through the layers to fill ``cache``; no logits at all."""
+        self._hidden(self._tokens(ids), cache, final=False)
+
+    # ------------------------------------------------------------- internals
+    def _tokens(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 2:
+            if ids.shape[0] != 1:
+                raise ValueError(f"NumpyModel handles one sequence at a time, got batch {ids.shape[0]}")
+            ids = ids[0]
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"expected token ids of shape (L,) or (1, L) with L > 0, got {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        return ids.astype(np.intp, copy=False)
+
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        w = self.weights
+        if w.embed is not None:
+            return w.embed[ids]
+        return np.ascontiguousarray(w.lm_head_t[:, ids].T)
+
+    def _decode(self, ids: np.ndarray, cache) -> np.ndarray:
+        """Logits (V,) for one token, under the tuned BLAS thread count."""
+        threads = self._tuner.choose()
+        t0 = time.perf_counter()
+        with blas_threads(threads):
+            logits = (self._hidden(ids, cache) @ self.weights.lm_head_t)[0]
+        self._tuner.record(threads, time.perf_counter() - t0)
+        return logits
+
+    def _hidden(self, ids: np.ndarray, cache, last_only: bool = False, final: bool = True) -> np.ndarray:
+        if cache is None:
+            cache = [KVCache(step=len(ids)) for _ in range(self.num_layers)]
+        if len(cache) != self.num_layers:
+            raise ValueError(f"cache has {len(cache)} layers, model has {self.num_layers}")
+        L = len(ids)
+        offset = cache[0].offset
+        cos, sin = self.rope.tables(offset, L)
+        x = self._embed(ids)
+        if L == 1:  # decode: matrix-vector products, fewest NumPy calls
+            cos, sin = cos[0], sin[0]
+            for lw, c in zip(self.layers, cache):
+                x = self._step(x, lw, c, cos, sin)
+        else:
+            mask = cache[0].make_mask(L)
+            for lw, c in zip(self.layers, cache):
+                x = self._layer(x, lw, c, mask, cos, sin)
+        if not final:
+            return x
+        if last_only:
+            x = x[-1:]
+        out = _rms_unit(x, self._eps)
+        out *= self.weights.norm
+        return out
+
+    def _step(self, x, lw: LayerWeights, c, cos, sin) -> np.ndarray:
+        """One layer for one token; x (1, H).  Same math as _layer, fewer NumPy calls."""
+        nh, nkv, d = self._nh, self._nkv, self._d
+        x0 = x[0]
+        qkv = (x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f))) @ lw.w_qkv
+        if lw.b_qkv is not None:
+            qkv += lw.b_qkv
+        qkv = qkv.reshape(nh + 2 * nkv, d)
+        qk = qkv[: nh + nkv]
+        if lw.qk_norm is not None:
+            qk = _rms_unit(qk, self._eps)
+            qk *= lw.qk_norm
+        self.rope.apply(qk, cos, sin)
+        keys, values = c.update_and_fetch(qk[nh:, None], qkv[nh + nkv :, None])
+        s = qk[:nh].reshape(nkv, self._group, d) @ keys.transpose(0, 2, 1)  # (nkv, g, T)
+        s -= _max(s, axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        o = s @ values
+        o /= _sum(s, axis=-1, keepdims=True)
+        out = o.reshape(1, nh * d) @ lw.w_o
+        if lw.b_o is not None:
+            out += lw.b_o
+        x = x + out
+        x0 = x[0]
+        gu = (x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f))) @ lw.w_gu
+        if lw.b_gu is not None:
+            gu += lw.b_gu
+        out = _silu_mul(gu, self._inter) @ lw.w_down
+        if lw.b_down is not None:
+            out += lw.b_down
+        x += out
+        return x
+
+    def _layer(self, x, lw: LayerWeights, c, mask, cos, sin) -> np.ndarray:
+        L = x.shape[0]
+        nh, nkv, d = self._nh, self._nkv, self._d
+        qkv = _rms_unit(x, self._eps) @ lw.w_qkv
+        if lw.b_qkv is not None:
+            qkv += lw.b_qkv
+        qkv = qkv.reshape(L, nh + 2 * nkv, d)
+        qk = qkv[:, : nh + nkv]
+        if lw.qk_norm is not None:
+            qk = _rms_unit(qk, self._eps)
+            qk *= lw.qk_norm
+        self.rope.apply(qk, cos, sin)
+        k = qk[:, nh:].transpose(1, 0, 2)
+        v = qkv[:, nh + nkv :].transpose(1, 0, 2)
+        keys, values = c.update_and_fetch(k, v)
+        o = self._attend(qk[:, :nh], keys, values, mask)
+        out = o @ lw.w_o
+        if lw.b_o is not None:
+            out += lw.b_o
+        x = x + out
+        gu = _rms_unit(x, self._eps) @ lw.w_gu
+        if lw.b_gu is not None:
+            gu += lw.b_gu
+        out = _silu_mul(gu, self._inter) @ lw.w_down
+        if lw.b_down is not None:
+            out += lw.b_down
+        x += out
+        return x
+
+    def _attend(self, q, keys, values, mask) -> np.ndarray:
+        """q (L, nh, d) pre-scaled, keys/values (nkv, T, d) -> (L, nh*d)."""
+        L = q.shape[0]
+        nh, nkv, d, g = self._nh, self._nkv, self._d, self._group
+        T = keys.shape[1]
+        kt = keys.transpose(0, 2, 1)
+        out = np.empty((L, nh, d), dtype=np.float32)
+        qh = q.transpose(1, 0, 2).reshape(nkv, g, L, d)
+        block = max(1, min(L, _SCORE_BUDGET // max(1, nh * T)))
+        for i0 in range(0, L, block):
+            i1 = min(L, i0 + block)
+            n = i1 - i0
+            qb = qh[:, :, i0:i1].reshape(nkv, g * n, d)
+            s = qb @ kt  # (nkv, g*n, T)
+            if mask is not None:
+                s4 = s.reshape(nkv, g, n, T)
+                s4 += mask[i0:i1]
+            s -= s.max(axis=-1, keepdims=True)
+            np.exp(s, out=s)
+            den = s.sum(axis=-1, keepdims=True)
+            ob = s @ values
+            ob /= den
+            out[i0:i1] = ob.reshape(nh, n, d).transpose(1, 0, 2)
+        return out.reshape(L, nh * d)
+
+
+def load_model(path: str | os.PathLike) -> NumpyModel:
+    """Load an mlx-lm / Hugging Face format model directory into a :class:`NumpyModel`."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: not a directory (expected a converted model directory)")
+    config = read_config(path)
+    args = parse_args(config, where=path)
+    store = open_model_dir(path)
+    try:
+        weights = load_weights(store, args)
+    finally:
+        store.close()
+    return NumpyModel(args, weights, config)

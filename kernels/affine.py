@@ -17,6 +17,8 @@ at load time).  :func:`dequantize` takes MLX arrays and calls ``mx.dequantize``
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 SUPPORTED_BITS = (2, 4, 8)
@@ -95,12 +97,19 @@ def dequantize_numpy(
     per_word = 32 // bits
     shifts = (np.arange(per_word, dtype=np.uint32) * np.uint32(bits)).astype(np.uint32)
     mask = np.uint32((1 << bits) - 1)
+    # On little-endian machines the words' bytes are the codes in order (8 bit) or
+    # two codes each, low nibble first (4 bit): unpack bytes, 4x less work than words.
+    byte_path = sys.byteorder == "little" and bits in (4, 8)
     for r0 in range(0, rows, _ROW_BLOCK):
         r1 = min(rows, r0 + _ROW_BLOCK)
-        codes = (wq2[r0:r1, :, None] >> shifts) & mask  # (r, words, per_word)
+        if byte_path:
+            b = np.ascontiguousarray(wq2[r0:r1]).view(np.uint8)
+            codes = b if bits == 8 else np.stack([b & 0x0F, b >> 4], axis=-1)
+        else:
+            codes = (wq2[r0:r1, :, None] >> shifts) & mask  # (r, words, per_word)
         blk = out[r0:r1].reshape(r1 - r0, n_groups, group_size)
-        blk[...] = codes.reshape(r1 - r0, n_groups, group_size)  # uint32 -> float32, exact
-        blk *= sc2[r0:r1, :, None]
+        # Integer codes convert to float32 exactly inside the multiply (one pass, no temporary).
+        np.multiply(codes.reshape(r1 - r0, n_groups, group_size), sc2[r0:r1, :, None], out=blk, dtype=np.float32)
         blk += bi2[r0:r1, :, None]
     return out.reshape(lead + (n_in,))
 

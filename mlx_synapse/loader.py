@@ -198,7 +198,9 @@ def _dequantize_layers(model) -> None:
                     swap(c)
                 continue
             if isinstance(child, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-                w = mx.dequantize(child.weight, child.scales, child.biases, child.group_size, child.bits)
+                # float32 scales: the expanded weights keep every bit of scale*q + bias.
+                s, b = child.scales.astype(mx.float32), child.biases.astype(mx.float32)
+                w = mx.dequantize(child.weight, s, b, child.group_size, child.bits)
                 if isinstance(child, nn.QuantizedEmbedding):
                     new = nn.Embedding(*w.shape)
                     new.weight = w

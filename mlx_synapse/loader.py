@@ -259,6 +259,7 @@ def load(
         import mlx.core as mx
 
         from .models.llama import fuse_projections
+        from .models.parallel import split_rows_across_cpu_streams
 
         on_cpu = mx.default_device() == mx.cpu
         # On MLX's CPU backend quantized matmuls run ~30x slower than bfloat16 ones, and
@@ -270,6 +271,9 @@ def load(
             dtype = "bfloat16"
         model, _ = load_model(model_path, dequantize=dequantize, dtype=dtype)
         fuse_projections(model)
+        if on_cpu:
+            split_rows_across_cpu_streams(model, min(os.cpu_count() or 1, 8))
+            mx.eval(model.parameters())
         model.backend = "mlx"
     model.model_path = model_path
     config = load_config(model_path)

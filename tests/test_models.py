@@ -115,3 +115,19 @@ def test_fused_projections_equal_separate_ones(arch, tmp_path):
     assert "qkv_proj" in model.layers[0].self_attn and "q_proj" not in model.layers[0].self_attn
     assert "gate_up_proj" in model.layers[0].mlp
     np.testing.assert_allclose(np.array(model(mx.array([TOKENS]))[0]), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch,n", [("llama", 2), ("llama_tied", 3), ("qwen2", 2), ("phi3", 4)])
+def test_rows_split_across_cpu_streams_equal_one_stream(arch, n, tmp_path):
+    from mlx_synapse.models.llama import fuse_projections
+    from mlx_synapse.models.parallel import RowSplitLinear, split_rows_across_cpu_streams
+
+    build_hf_model(arch, tmp_path)
+    model, _ = load_model(tmp_path)
+    ref = np.array(model(mx.array([TOKENS]))[0])
+    ref_greedy = [t for t, _ in generate_step(mx.array(TOKENS[:4]), model, max_tokens=16)]
+    fuse_projections(model)
+    split_rows_across_cpu_streams(model, n)
+    assert isinstance(model.lm_head, RowSplitLinear) and isinstance(model.layers[0].mlp.down_proj, RowSplitLinear)
+    np.testing.assert_allclose(np.array(model(mx.array([TOKENS]))[0]), ref, atol=1e-5, rtol=0)
+    assert [t for t, _ in generate_step(mx.array(TOKENS[:4]), model, max_tokens=16)] == ref_greedy

@@ -204,9 +204,9 @@ class Model(nn.Module):
         input_embeddings: Optional[mx.array] = None,
     ) -> mx.array:
         h = self.model(inputs, cache, mask, input_embeddings)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
+        if "lm_head" in self:  # untied, or a tied head split for CPU streams
+            return self.lm_head(h)
+        return self.model.embed_tokens.as_linear(h)
 
     def hidden_states(self, inputs: mx.array, layer: int = -1) -> mx.array:
         """Hidden state after block ``layer`` (negative counts from the end), (B, L, D)."""

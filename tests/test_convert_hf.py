@@ -103,3 +103,13 @@ def test_cli_refuses_nonempty_out(tmp_path, capsys):
     assert convert_main(["whatever", "--out", str(tmp_path / "out")]) == 2
     assert (tmp_path / "out" / "x").read_text() == "keep me"
     assert "not empty" in capsys.readouterr().err
+
+
+def test_converted_directory_loads_in_mlx_lm(tmp_path):
+    """Our output is mlx-lm's format: mlx-lm loads it and computes the same logits."""
+    mlx_lm_utils = pytest.importorskip("mlx_lm.utils")
+    build_hf_model("llama", tmp_path / "hf")
+    convert_hf(tmp_path / "hf", tmp_path / "q", quantize=True, q_bits=4, q_group_size=32, progress=False)
+    theirs, _ = mlx_lm_utils.load_model(tmp_path / "q")
+    ours, _ = load_model(tmp_path / "q")
+    np.testing.assert_allclose(np.array(theirs(mx.array([TOKENS]))[0]), _logits(ours), atol=1e-5, rtol=0)

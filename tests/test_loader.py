@@ -128,3 +128,29 @@ def test_module_entry_points():
     assert out.returncode == 0 and "generate" in out.stdout and "convert" in out.stdout
     out = subprocess.run([sys.executable, "-m", "mlx_synapse", "nonsense"], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown command" in out.stderr
+
+
+def test_hub_id_goes_through_huggingface_hub(tmp_path, monkeypatch):
+    """A hub id is fetched with huggingface_hub.snapshot_download and loads like a directory."""
+    import huggingface_hub
+
+    build_hf_model("qwen2", tmp_path / "snapshot")
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, allow_patterns))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    path = resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct", revision="main")
+    assert path == tmp_path / "snapshot"
+    assert calls[0][:2] == ("Qwen/Qwen2.5-0.5B-Instruct", "main") and "*.safetensors" in calls[0][2]
+    model, config = load_model(path)
+    assert config["model_type"] == "qwen2"
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="could not fetch 'org/model'.*OSError"):
+        resolve_model_path("org/model")

@@ -111,7 +111,7 @@ def convert_hf(
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_synapse.loader import load_config, resolve_model_path
+    from mlx_synapse.loader import build_model, load_config, resolve_model_path
     from mlx_synapse.models import get_model_classes
 
     if dtype not in (None, "float32", "float16", "bfloat16"):
@@ -124,19 +124,14 @@ def convert_hf(
     config = load_config(src)
     if config.get("quantization"):
         raise ValueError(f"[convert] {src} is already quantized; convert from the float checkpoint.")
-    model_class, args_class = get_model_classes(config)
-    model = model_class(args_class.from_dict(config))
-    weights = model.sanitize(read_hf_weights(src))
+    # Check the config before reading gigabytes of weights.
+    args_class = get_model_classes(config)[1]
+    args_class.from_dict(config)
+    weights = read_hf_weights(src)
     if dtype is not None:
         target = getattr(mx, dtype)
         weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
-    try:
-        model.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        raise ValueError(
-            f"[convert] the weights in {src} do not fit its config.json ({e}); "
-            "the checkpoint is incomplete or from another model."
-        ) from e
+    model = build_model(config, weights, src)
     config = dict(config)
     if quantize:
         nn.quantize(model, group_size=q_group_size, bits=q_bits)

@@ -135,6 +135,42 @@ def _quant_predicate(quantization: dict, weights: dict):
     return predicate
 
 
+def build_model(config: dict, weights: dict, source: Union[str, Path] = "the checkpoint"):
+    """The MLX model of ``config`` holding ``weights``, checked strictly.
+
+    Quantizes the modules ``config["quantization"]`` names (mlx-lm's rule),
+    then loads every tensor with its shape checked.
+
+    Raises:
+        ValueError: unknown model_type, incomplete config, or weights that do
+            not fit the config (missing, extra, or wrongly shaped tensors).
+    """
+    import mlx.nn as nn
+
+    from .models import get_model_classes
+
+    model_class, args_class = get_model_classes(config)
+    model = model_class(args_class.from_dict(config))
+    weights = model.sanitize(weights)
+    quantization = config.get("quantization")
+    if quantization:
+        nn.quantize(
+            model,
+            group_size=quantization["group_size"],
+            bits=quantization["bits"],
+            class_predicate=_quant_predicate(quantization, weights),
+        )
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise ValueError(
+            f"[load] weights in {source} do not fit config.json ({e}); the config and the "
+            "weights come from different models or the checkpoint is incomplete — "
+            "re-download or re-convert it."
+        ) from e
+    return model
+
+
 def load_model(
     model_path: Union[str, Path], *, dequantize: bool = False, dtype: Optional[str] = None
 ):
@@ -151,29 +187,10 @@ def load_model(
     import mlx.core as mx
     import mlx.nn as nn
 
-    from .models import get_model_classes
-
     model_path = Path(model_path)
     config = load_config(model_path)
-    model_class, args_class = get_model_classes(config)
-    model = model_class(args_class.from_dict(config))
-    weights = model.sanitize(load_weights(model_path))
-    quantization = config.get("quantization")
-    if quantization:
-        nn.quantize(
-            model,
-            group_size=quantization["group_size"],
-            bits=quantization["bits"],
-            class_predicate=_quant_predicate(quantization, weights),
-        )
-    try:
-        model.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        raise ValueError(
-            f"[load] weights in {model_path} do not fit config.json ({e}); the config and the "
-            "safetensors come from different models or the conversion failed — re-convert."
-        ) from e
-    if dequantize and quantization:
+    model = build_model(config, load_weights(model_path), model_path)
+    if dequantize and config.get("quantization"):
         _dequantize_layers(model)
     if dtype is not None:
         target = getattr(mx, dtype)

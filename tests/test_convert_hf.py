@@ -76,7 +76,7 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     cfg["intermediate_size"] = 100
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="do not fit its config.json"):
+    with pytest.raises(ValueError, match="do not fit config.json"):
         convert_hf(tmp_path / "hf", tmp_path / "out", progress=False)
 
 

@@ -15,7 +15,28 @@ import mlx.core as mx
 _STEP = 256
 
 
-class KVCache:
+class _BaseCache:
+    """What every cache shares: causal masks and its arrays as ``state``."""
+
+    keys = values = None
+
+    def make_mask(self, L: int):
+        return "causal" if L > 1 else None
+
+    @property
+    def state(self) -> list:
+        if self.keys is None:
+            return []
+        pair = (self.keys, self.values)
+        # Quantized caches hold (packed, scales, biases) tuples.
+        return [a for kv in pair for a in (kv if isinstance(kv, tuple) else (kv,))]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.state)
+
+
+class KVCache(_BaseCache):
     """Plain growing cache."""
 
     def __init__(self):
@@ -39,19 +60,9 @@ class KVCache:
         self.values[..., prev : self.offset, :] = values
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
-    def make_mask(self, L: int):
-        return "causal" if L > 1 else None
-
-    @property
-    def state(self):
-        return [] if self.keys is None else [self.keys, self.values]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.state)
 
 
-class RotatingKVCache:
+class RotatingKVCache(_BaseCache):
     """Bounded cache: keeps the first ``keep`` tokens and the latest ``max_size - keep``.
 
     Keys are stored already rotated (RoPE at absolute positions), so attention
@@ -121,16 +132,9 @@ class RotatingKVCache:
         self._idx = self.keep
         return all_k, all_v
 
-    @property
-    def state(self):
-        return [] if self.keys is None else [self.keys, self.values]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.state)
 
 
-class QuantizedKVCache:
+class QuantizedKVCache(_BaseCache):
     """Cache holding keys and values affine-quantized (``bits``, ``group_size``) along D."""
 
     def __init__(self, group_size: int = 64, bits: int = 8):
@@ -167,16 +171,6 @@ class QuantizedKVCache:
             tuple(a[..., : self.offset, :] for a in self.values),
         )
 
-    def make_mask(self, L: int):
-        return "causal" if L > 1 else None
-
-    @property
-    def state(self):
-        return [] if self.keys is None else [*self.keys, *self.values]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.state)
 
 
 def make_prompt_cache(

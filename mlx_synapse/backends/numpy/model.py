@@ -172,7 +172,11 @@ class NumpyModel:
             out += lw.b_o
         x = x + out
         x0 = x[0]
-        gu = (x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f))) @ lw.w_gu
+        return self._mlp_residual(x, x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f)), lw)
+
+    def _mlp_residual(self, x: np.ndarray, xn: np.ndarray, lw: LayerWeights) -> np.ndarray:
+        """``x += down(silu(gate) * up)`` of the normalised ``xn`` (norm weight folded into w_gu)."""
+        gu = xn @ lw.w_gu
         if lw.b_gu is not None:
             gu += lw.b_gu
         out = _silu_mul(gu, self._inter) @ lw.w_down
@@ -201,14 +205,7 @@ class NumpyModel:
         if lw.b_o is not None:
             out += lw.b_o
         x = x + out
-        gu = _rms_unit(x, self._eps) @ lw.w_gu
-        if lw.b_gu is not None:
-            gu += lw.b_gu
-        out = _silu_mul(gu, self._inter) @ lw.w_down
-        if lw.b_down is not None:
-            out += lw.b_down
-        x += out
-        return x
+        return self._mlp_residual(x, _rms_unit(x, self._eps), lw)
 
     def _attend(self, q, keys, values, mask) -> np.ndarray:
         """q (L, nh, d) pre-scaled, keys/values (nkv, T, d) -> (L, nh*d)."""

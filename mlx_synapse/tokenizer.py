@@ -7,6 +7,7 @@ a plain incremental detokenizer stands in.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -76,11 +77,38 @@ def load_tokenizer(model_path: Union[str, Path], eos_token_ids: Optional[object]
             "tokenizer_config.json from the original checkpoint (convert does this)."
         )
     try:
-        from mlx_lm.tokenizer_utils import load as mlx_lm_load
+        from mlx_lm import tokenizer_utils
     except ImportError:
-        mlx_lm_load = None
-    if mlx_lm_load is not None:
-        return mlx_lm_load(model_path, eos_token_ids=eos_token_ids)
-    from transformers import AutoTokenizer
+        tokenizer_utils = None
+    fast = _plain_fast_tokenizer(model_path)
+    if tokenizer_utils is None:
+        if fast is None:
+            from transformers import AutoTokenizer
 
-    return _FallbackTokenizerWrapper(AutoTokenizer.from_pretrained(model_path), eos_token_ids or ())
+            fast = AutoTokenizer.from_pretrained(model_path)
+        return _FallbackTokenizerWrapper(fast, eos_token_ids or ())
+    if fast is None:
+        return tokenizer_utils.load(model_path, eos_token_ids=eos_token_ids)
+    # The same wrapper mlx-lm's load builds, minus AutoTokenizer's class resolution
+    # (~1.5 s of start-up): byte-level BPE gets mlx-lm's BPE streaming detokenizer.
+    decoder = json.loads((model_path / "tokenizer.json").read_text(encoding="utf-8")).get("decoder") or {}
+    detok = (tokenizer_utils.BPEStreamingDetokenizer if decoder.get("type") == "ByteLevel"
+             else tokenizer_utils.NaiveStreamingDetokenizer)
+    return tokenizer_utils.TokenizerWrapper(fast, detok, eos_token_ids=eos_token_ids)
+
+
+def _plain_fast_tokenizer(model_path: Path):
+    """``PreTrainedTokenizerFast`` for directories whose tokenizer_config names exactly that
+    class (what GGUF import writes); None for anything that needs AutoTokenizer."""
+    config_file = model_path / "tokenizer_config.json"
+    if not (model_path / "tokenizer.json").is_file() or not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"[tokenizer] {config_file} is not valid JSON ({e}); re-convert the model.") from e
+    if config.get("tokenizer_class") != "PreTrainedTokenizerFast":
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(model_path)

@@ -128,3 +128,21 @@ def test_numpy_backend_runs_without_mlx(smollm2_dir):
     out = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "[backend: numpy" in out.stderr and "Generation: 8 tokens" in out.stdout
+
+
+def test_fast_tokenizer_path_matches_mlx_lm_load(smollm2_dir):
+    """The start-up shortcut builds the same tokenizer mlx-lm's load does."""
+    tokenizer_utils = pytest.importorskip("mlx_lm.tokenizer_utils")
+    from mlx_synapse.tokenizer import load_tokenizer
+
+    ours, ref = load_tokenizer(smollm2_dir, eos_token_ids=2), tokenizer_utils.load(smollm2_dir, eos_token_ids=[2])
+    from transformers import PreTrainedTokenizerFast
+
+    assert isinstance(ours._tokenizer, PreTrainedTokenizerFast)
+    assert type(ours.detokenizer) is type(ref.detokenizer)
+    assert ours.eos_token_ids == ref.eos_token_ids
+    for text in ("Hello world! 12345 naïve café", "<|im_start|>user\n  spaced\tout<|im_end|>"):
+        assert ours.encode(text) == ref.encode(text)
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert ours.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == \
+        ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)

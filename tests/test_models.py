@@ -131,3 +131,18 @@ def test_rows_split_across_cpu_streams_equal_one_stream(arch, n, tmp_path):
     assert isinstance(model.lm_head, RowSplitLinear) and isinstance(model.layers[0].mlp.down_proj, RowSplitLinear)
     np.testing.assert_allclose(np.array(model(mx.array([TOKENS]))[0]), ref, atol=1e-5, rtol=0)
     assert [t for t, _ in generate_step(mx.array(TOKENS[:4]), model, max_tokens=16)] == ref_greedy
+
+
+@pytest.mark.parametrize("max_size", [16, 64])
+def test_rotating_cache_filling_in_small_steps(pair, max_size, monkeypatch):
+    """Token-by-token decoding grows the rotating buffer in steps, then wraps around."""
+    from mlx_synapse.models import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_STEP", 3)
+    _, _, model = pair
+    tokens = (TOKENS * 3)[:40]
+    ref = np.array(model(mx.array([tokens]), mask=_window_mask(len(tokens), max_size))[0])
+    cache = [RotatingKVCache(max_size) for _ in model.layers]
+    out = [np.array(model(mx.array([tokens[:2]]), cache=cache)[0])]
+    out += [np.array(model(mx.array([[t]]), cache=cache)[0]) for t in tokens[2:]]
+    np.testing.assert_allclose(np.concatenate(out), ref, atol=1e-4, rtol=0)

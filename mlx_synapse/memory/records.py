@@ -177,3 +177,8 @@ def _ids_of(ids) -> List[int]:
 
 
 # ----------------------------------------------------------------------------- store
+
+
+def _check_optional_str(value, what: str, where: str, *, max_bytes: int, nonblank: bool) -> Optional[str]:
+    """``None`` stays ``None``; anything else must pass :func:`_check_str`."""
+    return None if value is None else _check_str(value, what, where, max_bytes=max_bytes, nonblank=nonblank)

@@ -44,6 +44,7 @@ from .records import (  # noqa: F401  (TIERS is part of this module's API)
     MAX_DIM,
     TIERS,
     _err,
+    _check_optional_str,
     _check_str,
     _check_json_value,
     _to_json,
@@ -326,9 +327,7 @@ class MemoryStore:
             raise _err(where, "a row needs 'user' and 'text'.")
         user = _check_str(row["user"], "user", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
         text = _check_str(row["text"], "text", where, max_bytes=self.max_text_bytes, nonblank=True)
-        source = row.get("source")
-        if source is not None:
-            source = _check_str(source, "source", where, max_bytes=MAX_SOURCE_BYTES, nonblank=False)
+        source = _check_optional_str(row.get("source"), "source", where, max_bytes=MAX_SOURCE_BYTES, nonblank=False)
         meta = row.get("metadata")
         meta = None if meta is None else _to_json(meta, "metadata", where, MAX_METADATA_BYTES)
         created = row.get("created")
@@ -343,9 +342,7 @@ class MemoryStore:
         surprise = None if surprise is None else _check_real(surprise, "surprise", where)
         tier = _check_tier(row.get("tier", DEFAULT_TIER), where)
         blob, scale, dim = _encode_vector(row.get("vector"), row.get("scale"), tier, row.get("dim"), where)
-        encoder = row.get("encoder")
-        if encoder is not None:
-            encoder = _check_str(encoder, "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
+        encoder = _check_optional_str(row.get("encoder"), "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
         return (user, text, source, meta, created, last, hits, surprise, tier, dim, blob, scale, encoder)
 
     # -- entries
@@ -400,11 +397,8 @@ class MemoryStore:
                 fields["text"], "text", where, max_bytes=self.max_text_bytes, nonblank=True
             )
         if "source" in fields:
-            s = fields["source"]
-            sets["source"] = (
-                None
-                if s is None
-                else _check_str(s, "source", where, max_bytes=MAX_SOURCE_BYTES, nonblank=False)
+            sets["source"] = _check_optional_str(
+                fields["source"], "source", where, max_bytes=MAX_SOURCE_BYTES, nonblank=False
             )
         if "metadata" in fields:
             m = fields["metadata"]
@@ -421,11 +415,8 @@ class MemoryStore:
             s = fields["surprise"]
             sets["surprise"] = None if s is None else _check_real(s, "surprise", where)
         if "encoder" in fields:
-            e = fields["encoder"]
-            sets["encoder"] = (
-                None
-                if e is None
-                else _check_str(e, "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
+            sets["encoder"] = _check_optional_str(
+                fields["encoder"], "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True
             )
         if "tier" in fields:
             sets["tier"] = _check_tier(fields["tier"], where)

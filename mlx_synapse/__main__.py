@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"generate": "mlx_synapse.generate", "convert": "mlx_synapse.convert.__main__"}
+COMMANDS = {
+    "generate": "mlx_synapse.generate",
+    "convert": "mlx_synapse.convert.__main__",
+    "memory": "mlx_synapse.memory.__main__",
+}
 
 
 def main(argv=None) -> int:

@@ -70,7 +70,7 @@ _PAGE = 256  # rows fetched per query when iterating
 
 _COLUMNS = (
     "id", "user", "text", "source", "metadata", "created", "last_access",
-    "hits", "surprise", "tier", "dim", "vector", "scale", "encoder",
+    "hits", "surprise", "tier", "dim", "vector", "scale", "encoder", "redundancy",
 )  # fmt: skip
 _ADD_FIELDS = frozenset(_COLUMNS) - {"id"}
 _UPDATE_FIELDS = frozenset(_COLUMNS) - {"id", "user"}
@@ -107,8 +107,17 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    # redundancy: the entry's highest cosine to an older entry of its user, when it was added.
+    # snap_hits / snap_access: hits and last_access when the last retention snapshot was taken
+    # (see MemoryStore.take_snapshot), the labels a retention policy learns from.
+    db.execute("ALTER TABLE entries ADD COLUMN redundancy REAL")
+    db.execute("ALTER TABLE entries ADD COLUMN snap_hits INTEGER")
+    db.execute("ALTER TABLE entries ADD COLUMN snap_access REAL")
+
+
 # _MIGRATIONS[i] takes a database at schema version i to version i + 1. Append only.
-_MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+_MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 SCHEMA_VERSION = len(_MIGRATIONS)  # the version this code writes
 
 
@@ -343,30 +352,50 @@ class MemoryStore:
         tier = _check_tier(row.get("tier", DEFAULT_TIER), where)
         blob, scale, dim = _encode_vector(row.get("vector"), row.get("scale"), tier, row.get("dim"), where)
         encoder = _check_optional_str(row.get("encoder"), "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True)
-        return (user, text, source, meta, created, last, hits, surprise, tier, dim, blob, scale, encoder)
+        redundancy = row.get("redundancy")
+        redundancy = None if redundancy is None else _check_real(redundancy, "redundancy", where)
+        return (user, text, source, meta, created, last, hits, surprise, tier, dim, blob, scale, encoder, redundancy)
 
     # -- entries
 
-    def add_many(self, rows: Iterable[Dict[str, Any]]) -> List[int]:
+    def add_many(
+        self, rows: Iterable[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None
+    ) -> List[int]:
         """Store ``rows`` in one transaction and return their new ids, in order.
 
         Every row is validated first: one bad row raises ``ValueError`` (naming the
         row and the problem) and nothing is written. Ids are never reused.
+        ``meta`` (key -> JSON value) is written in the same transaction.
         """
         rows = list(rows)
         values = [self._validate_row(r, f"row {i}: ") for i, r in enumerate(rows)]
+        metas = self._meta_items(meta)
         sql = (
             f"INSERT INTO entries ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(_COLUMNS) - 1))})"
         )
 
         def insert(db):
-            return [db.execute(sql, v).lastrowid for v in values]
+            ids = [db.execute(sql, v).lastrowid for v in values]
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", metas)
+            return ids
 
-        return self._write(insert) if values else []
+        return self._write(insert) if values or metas else []
 
     def add(self, row: Optional[Dict[str, Any]] = None, **fields) -> int:
         """Store one row (a dict or keyword fields); returns its id."""
         return self.add_many([dict(row or {}, **fields)])[0]
+
+    def get_many(self, ids: Union[int, Iterable[int]]) -> List[Dict[str, Any]]:
+        """The entries with these ids that exist, in the order of ``ids``."""
+        ids = _ids_of(ids)
+        found: Dict[int, Dict[str, Any]] = {}
+        cols = ", ".join(_COLUMNS)
+        for at in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[at : at + 500]
+            sql = f"SELECT {cols} FROM entries WHERE id IN ({', '.join('?' * len(part))})"
+            for r in self._read(sql, part):
+                found[r[0]] = self._row(r)
+        return [found[i] for i in ids if i in found]
 
     def get(self, id: int) -> Optional[Dict[str, Any]]:
         """The entry with this id as a dict, or None."""
@@ -411,9 +440,10 @@ class MemoryStore:
             if h < 0:
                 raise _err(where, f"hits must be >= 0 but got {h}.")
             sets["hits"] = h
-        if "surprise" in fields:
-            s = fields["surprise"]
-            sets["surprise"] = None if s is None else _check_real(s, "surprise", where)
+        for k in ("surprise", "redundancy"):
+            if k in fields:
+                v = fields[k]
+                sets[k] = None if v is None else _check_real(v, k, where)
         if "encoder" in fields:
             sets["encoder"] = _check_optional_str(
                 fields["encoder"], "encoder", where, max_bytes=MAX_NAME_BYTES, nonblank=True
@@ -550,7 +580,134 @@ class MemoryStore:
             return self._read("SELECT count(*) FROM entries")[0][0]
         return self._read("SELECT count(*) FROM entries WHERE user = ?", (user,))[0][0]
 
+    def stats(self, user: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """Per-entry bookkeeping (of ``user``, or all) as arrays in id order, without texts
+        or vectors: ``ids``, ``created``, ``last_access``, ``hits``, ``surprise`` (NaN when
+        unknown), ``redundancy`` (0 when unknown), ``tier`` (str), ``text_bytes``,
+        ``dim`` (0 without a vector), ``snap_hits`` (-1 before any snapshot),
+        ``snap_access`` (NaN before any snapshot), ``user`` (str)."""
+        sql = (
+            "SELECT id, created, last_access, hits, surprise, redundancy, tier, length(CAST(text AS BLOB)), "
+            "CASE WHEN vector IS NULL THEN 0 ELSE dim END, snap_hits, snap_access, user FROM entries"
+        )
+        rows = self._read(sql + " WHERE user = ? ORDER BY id", (user,)) if user is not None else self._read(
+            sql + " ORDER BY id"
+        )
+        cols = list(zip(*rows)) if rows else [()] * 12
+        nan = float("nan")
+        return {
+            "ids": np.array(cols[0], np.int64),
+            "created": np.array(cols[1], np.float64),
+            "last_access": np.array(cols[2], np.float64),
+            "hits": np.array(cols[3], np.int64),
+            "surprise": np.array([nan if v is None else v for v in cols[4]], np.float32),
+            "redundancy": np.array([0.0 if v is None else v for v in cols[5]], np.float32),
+            "tier": np.array(cols[6], dtype=object),
+            "text_bytes": np.array(cols[7], np.int64),
+            "dim": np.array(cols[8], np.int64),
+            "snap_hits": np.array([-1 if v is None else v for v in cols[9]], np.int64),
+            "snap_access": np.array([nan if v is None else v for v in cols[10]], np.float64),
+            "user": np.array(cols[11], dtype=object),
+        }
+
+    def apply_moves(self, moves: Sequence[Tuple[int, Optional[str]]]) -> int:
+        """Change the tiers of entries in one transaction: ``(id, 'warm')`` turns a float16
+        vector into int8, ``(id, 'cold')`` drops the vector (text kept), ``(id, None)``
+        deletes the entry. Moves of missing ids are skipped; returns how many applied."""
+        checked = []
+        for i, (id_, tier) in enumerate(moves):
+            id_ = _check_int(id_, "id", f"move {i}: ")
+            if tier is not None:
+                _check_tier(tier, f"move {i}: ")
+            checked.append((id_, tier))
+
+        def apply(db):
+            done = 0
+            for id_, tier in checked:
+                if tier is None:
+                    done += db.execute("DELETE FROM entries WHERE id = ?", (id_,)).rowcount
+                    continue
+                cur = db.execute("SELECT dim, vector, scale FROM entries WHERE id = ?", (id_,)).fetchone()
+                if cur is None:
+                    continue
+                if tier == "cold" or cur[1] is None:
+                    blob, scale, dim = None, None, cur[0]
+                else:
+                    old = _decode_vector(cur[1], cur[2])
+                    vec, sc = (old, cur[2]) if cur[2] is not None else (old.astype(np.float32), None)
+                    blob, scale, dim = _encode_vector(vec, sc, tier, cur[0], f"move of entry {id_}: ")
+                db.execute(
+                    "UPDATE entries SET tier = ?, vector = ?, scale = ?, dim = ? WHERE id = ?",
+                    (tier, blob, scale, dim, id_),
+                )
+                done += 1
+            return done
+
+        return self._write(apply) if checked else 0
+
+    def stale_vectors(self, user: Optional[str], encoder: str, limit: int = 256) -> List[Tuple[int, str]]:
+        """``(id, text)`` of up to ``limit`` entries (of ``user``, or all) that have a vector
+        from an encoder other than ``encoder``, in id order."""
+        sql = "SELECT id, text FROM entries WHERE vector IS NOT NULL AND (encoder IS NULL OR encoder != ?)"
+        params: List[Any] = [encoder]
+        if user is not None:
+            sql += " AND user = ?"
+            params.append(user)
+        return [tuple(r) for r in self._read(sql + f" ORDER BY id LIMIT {int(limit):d}", params)]
+
+    def set_vectors(self, items: Sequence[Tuple[int, Any, Optional[str]]]) -> int:
+        """Replace the vectors (and encoder names) of entries in one transaction, each
+        stored per its current tier; ``items`` are ``(id, float vector, encoder)``.
+        Missing ids are skipped; returns how many were set."""
+        checked = [(_check_int(i, "id", ""), v, e) for i, v, e in items]
+
+        def apply(db):
+            done = 0
+            for id_, vec, enc in checked:
+                cur = db.execute("SELECT tier FROM entries WHERE id = ?", (id_,)).fetchone()
+                if cur is None:
+                    continue
+                tier = "warm" if cur[0] == "cold" else cur[0]
+                blob, scale, dim = _encode_vector(vec, None, tier, None, f"vector of entry {id_}: ")
+                db.execute(
+                    "UPDATE entries SET tier = ?, vector = ?, scale = ?, dim = ?, encoder = ? WHERE id = ?",
+                    (tier, blob, scale, dim, enc, id_),
+                )
+                done += 1
+            return done
+
+        return self._write(apply) if checked else 0
+
+    def take_snapshot(self, now: Optional[float] = None) -> None:
+        """Remember every entry's ``hits`` and ``last_access`` as of ``now`` (meta
+        ``snapshot_time``), so that later accesses can be told from earlier ones."""
+        now = time.time() if now is None else _check_real(now, "now", "")
+
+        def snap(db):
+            db.execute("UPDATE entries SET snap_hits = hits, snap_access = last_access")
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot_time', ?)", (json.dumps(now),)
+            )
+
+        self._write(snap)
+
     # -- meta
+
+    def _meta_items(self, meta: Optional[Dict[str, Any]]) -> List[Tuple[str, str]]:
+        if meta is None:
+            return []
+        if not isinstance(meta, dict):
+            raise ValueError(f"[memory.store] meta must be a dict but got {type(meta).__name__}.")
+        out = []
+        for k, v in meta.items():
+            _check_str(k, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+            out.append((k, _to_json(v, f"meta value of {k!r}", "", MAX_METADATA_BYTES)))
+        return out
+
+    def meta_keys(self, prefix: str = "") -> List[str]:
+        """The meta keys that start with ``prefix``, sorted."""
+        keys = [r[0] for r in self._read("SELECT key FROM meta ORDER BY key")]
+        return [k for k in keys if k.startswith(prefix)]
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key``, or ``default``."""

@@ -1,0 +1,809 @@
+"""The episodic memory bank: what the model remembers, per user, in one private file.
+
+``MemoryBank(path, encoder)`` ties together the durable store (:mod:`.store`, SQLite),
+one in-memory INT8 cosine index per user (:mod:`.index`), the surprise gate
+(:mod:`.surprise`) and budgeted eviction (:mod:`.policy`)::
+
+    bank = MemoryBank("~/.local/share/mlx_synapse/memory.db")   # all-MiniLM-L6-v2 by default
+    bank.add("My sister Ana lives in Porto.", user="me")
+    bank.search("Where is my sibling based?", k=3, user="me")     # [(Entry, cosine), ...]
+    bank.forget(user="me")                                        # gone from the file's bytes too
+
+What gets written (``add``):
+
+1. The text is embedded. If an entry of the same user has cosine >= ``dedup``
+   (0.95) to it, that entry is *refreshed* (``hits + 1``, ``last_access = now``)
+   instead of a new one being added.
+2. Otherwise its surprise — given by the caller, or computed by the ``surprise``
+   scorer (mean token NLL under the frozen LM, :class:`.SurpriseScorer`) — goes
+   through the user's :class:`.SurpriseGate`: written only above the running
+   ``mean + gamma * std``, unless ``force=True``. Without a surprise value every
+   text is written.
+3. New entries start 'hot' (float16 vector). Over ``budget_mb``, entries degrade
+   hot -> warm (INT8) -> cold (text only, not searchable) -> evicted, lowest
+   retention score first (:func:`.policy.plan_degradation`), down to 90% of the
+   budget so that eviction does not run on every add.
+
+Search scores every vector of the user with one INT8 matrix product, then
+re-scores the hot candidates with their float16 vectors. A search never sees
+another user's entries: each user has an index of their own, and every hit is
+checked against the user before it is returned.
+
+Other processes may write the same file: the bank notices their commits
+(``PRAGMA data_version``) and reloads its indexes before the next operation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .index import VectorIndex
+from .policy import (
+    EntryStats,
+    FIFOPolicy,
+    LearnedPolicy,
+    LRUPolicy,
+    RandomPolicy,
+    entries_bytes,
+    entry_bytes,
+    plan_degradation,
+)
+from .records import _check_str
+from .store import MAX_NAME_BYTES, MemoryStore
+from .surprise import SurpriseGate
+
+__all__ = ["MemoryBank", "Entry", "WriteResult", "default_db_path", "EXPORT_FORMAT"]
+
+EXPORT_FORMAT = "mlx_synapse.memory/1"
+POLICIES = ("learned", "lru", "fifo", "random")
+LOW_WATER = 0.9  # eviction brings the bank down to this fraction of its budget
+_GATE_KEY = "gate:"
+_MODEL_KEY = "retention_model"
+_UNSET: Any = object()
+
+
+def default_db_path() -> Path:
+    """``$MLX_SYNAPSE_MEMORY_DB``, else ``$XDG_DATA_HOME/mlx_synapse/memory.db``
+    (``~/.local/share/mlx_synapse/memory.db``)."""
+    env = os.environ.get("MLX_SYNAPSE_MEMORY_DB")
+    if env:
+        return Path(os.path.expanduser(env))
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "mlx_synapse" / "memory.db"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One memory, as returned by the bank (vectors stay inside)."""
+
+    id: int
+    user: str
+    text: str
+    source: Optional[str]
+    metadata: Any
+    created: float
+    last_access: float
+    hits: int
+    surprise: Optional[float]
+    tier: str  # 'hot' (float16 vector), 'warm' (int8), 'cold' (text only)
+    encoder: Optional[str]
+    redundancy: Optional[float]
+
+    @classmethod
+    def _of(cls, row: Dict[str, Any]) -> "Entry":
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What ``add`` did with one text: ``action`` is 'added', 'refreshed' (a near-duplicate
+    of entry ``id`` existed) or 'skipped' (not surprising enough; ``id`` is None)."""
+
+    id: Optional[int]
+    action: str
+    surprise: Optional[float] = None
+    threshold: Optional[float] = None
+    similarity: Optional[float] = None
+
+
+def _err(msg: str) -> ValueError:
+    return ValueError(f"[memory.bank] {msg}")
+
+
+def _check_user(user) -> str:
+    try:
+        return _check_str(user, "user", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+    except ValueError as e:
+        raise _err(str(e).split("] ", 1)[-1] + " Pass user='<name>' (one bank holds many users).") from None
+
+
+def _encode_b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+class MemoryBank:
+    """Per-user episodic memory over one SQLite file (see the module docstring).
+
+    Args:
+        path: the database file (created with mode 0600); None = :func:`default_db_path`.
+        encoder: an :class:`.Encoder` (``texts -> (N, dim)`` unit rows, ``.dim``, ``.name``);
+            None = all-MiniLM-L6-v2 (:class:`.MiniLMEncoder`), loaded on first use.
+        budget_mb: byte budget (MiB) for texts and vectors; None = unbounded.
+        surprise: a scorer ``texts -> (N,)`` mean token NLLs (e.g. :class:`.SurpriseScorer`)
+            used when ``add`` is given no surprise; None = write without gating.
+        gamma, warmup: the surprise gate's ``mean + gamma * std`` rule and warm-up count.
+        dedup: cosine at or above which a new text refreshes an existing entry instead
+            (None: always add).
+        policy: which entries degrade first over budget: 'learned' (the MLP of
+            :meth:`train_retention`; LRU until one has been trained), 'lru', 'fifo', 'random'.
+        backend: the index's backend ('auto', 'numpy', 'mlx'), as :func:`mlx_synapse.load`.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike, None] = None,
+        encoder=None,
+        *,
+        budget_mb: Optional[float] = None,
+        surprise: Optional[Callable[[Sequence[str]], np.ndarray]] = None,
+        gamma: float = 1.0,
+        warmup: int = 8,
+        dedup: float = 0.95,
+        policy: str = "learned",
+        backend: str = "auto",
+        timeout: float = 30.0,
+        seed: int = 0,
+    ) -> None:
+        if budget_mb is not None and not (
+            isinstance(budget_mb, (int, float)) and math.isfinite(budget_mb) and budget_mb > 0
+        ):
+            raise _err(f"budget_mb must be a positive number (MiB) or None but got {budget_mb!r}.")
+        if dedup is not None and not (isinstance(dedup, (int, float)) and -1.0 <= dedup <= 1.0):
+            raise _err(f"dedup must be a cosine in [-1, 1] (or None: never merge) but got {dedup!r}.")
+        if policy not in POLICIES:
+            raise _err(f"policy must be one of {POLICIES} but got {policy!r}.")
+        SurpriseGate(gamma, warmup)  # validates both
+        self.path = Path(os.path.expanduser(os.fspath(path))) if path is not None else default_db_path()
+        self.store = MemoryStore(self.path, timeout=timeout)
+        self._encoder = encoder
+        self.budget_bytes = None if budget_mb is None else int(budget_mb * 2**20)
+        self.surprise = surprise
+        self.gamma, self.warmup = float(gamma), warmup
+        self.dedup = math.inf if dedup is None else float(dedup)
+        self.policy_name, self.backend, self.seed = policy, backend, seed
+        self._indexes: Dict[str, VectorIndex] = {}
+        self._bytes: Optional[int] = None
+        self._dv = self.store.data_version()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def encoder(self):
+        """The encoder (the default one is loaded here, on first use)."""
+        if self._encoder is None:
+            from .encoders import MiniLMEncoder
+
+            self._encoder = MiniLMEncoder()
+        return self._encoder
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        enc = self.encoder
+        v = np.asarray(enc(list(texts)), np.float32)
+        if v.shape != (len(texts), enc.dim):
+            raise _err(f"encoder {enc.name!r} returned shape {v.shape}, expected {(len(texts), enc.dim)}.")
+        if not np.isfinite(v).all():
+            raise _err(f"encoder {enc.name!r} returned a NaN or infinite value.")
+        return v
+
+    def _sync(self) -> None:
+        """Drop cached indexes when another connection has committed to the file."""
+        dv = self.store.data_version()
+        if dv != self._dv:
+            self._indexes.clear()
+            self._bytes = None
+            self._dv = dv
+
+    def _index(self, user: str) -> VectorIndex:
+        idx = self._indexes.get(user)
+        if idx is not None:
+            return idx
+        self._reembed_stale(user)
+        enc = self.encoder
+        ids, codes, scales = self.store.load_vectors(user, encoder=enc.name)
+        idx = VectorIndex(enc.dim, backend=self.backend)
+        if len(ids):
+            if codes.shape[1] != enc.dim:
+                raise _err(
+                    f"entries of user {user!r} were embedded by {enc.name!r} with dim {codes.shape[1]}, "
+                    f"but the encoder has dim {enc.dim}; the file is inconsistent."
+                )
+            idx.add(ids, codes, scales)
+        self._indexes[user] = idx
+        return idx
+
+    def _reembed_stale(self, user: Optional[str]) -> int:
+        """Re-embed the vectors of entries that another encoder wrote (the text is kept)."""
+        name = self.encoder.name
+        done = 0
+        while True:
+            rows = self.store.stale_vectors(user, name, limit=256)
+            if not rows:
+                return done
+            vecs = self._embed([r[1] for r in rows])
+            self.store.set_vectors([(r[0], v, name) for r, v in zip(rows, vecs)])
+            done += len(rows)
+
+    def _gate(self, user: str) -> SurpriseGate:
+        return SurpriseGate.from_state(self.store.get_meta(_GATE_KEY + user), self.gamma, self.warmup)
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_text(self, text, where: str = "") -> str:
+        try:
+            return _check_str(text, "text", where, max_bytes=self.store.max_text_bytes, nonblank=True)
+        except ValueError as e:
+            raise _err(str(e).split("] ", 1)[-1]) from None
+
+    def add(
+        self,
+        text: str,
+        *,
+        user: str,
+        source: Optional[str] = None,
+        metadata: Any = None,
+        surprise: Optional[float] = None,
+        force: bool = False,
+        now: Optional[float] = None,
+    ) -> Optional[int]:
+        """Remember ``text`` for ``user``; returns the id of the new (or refreshed) entry,
+        or None when the surprise gate skipped it. See :meth:`write` for the details."""
+        return self.write(
+            text, user=user, source=source, metadata=metadata, surprise=surprise, force=force, now=now
+        ).id
+
+    def write(self, text: str, *, user: str, source=None, metadata=None, surprise=None,
+              force: bool = False, now: Optional[float] = None) -> WriteResult:
+        """Like :meth:`add`, returning the whole :class:`WriteResult`."""
+        item = dict(text=text, source=source, metadata=metadata, surprise=surprise, force=force)
+        return self.write_many([item], user=user, now=now)[0]
+
+    def add_many(self, items: Iterable[Union[str, Dict[str, Any]]], *, user: str,
+                 now: Optional[float] = None) -> List[Optional[int]]:
+        """Remember several texts in one transaction: ``items`` are strs or dicts with
+        ``text`` and optional ``source``, ``metadata``, ``surprise``, ``force``. Returns
+        one id (or None when skipped) per item; a near-duplicate of an earlier item of
+        the same batch refreshes that one."""
+        return [r.id for r in self.write_many(items, user=user, now=now)]
+
+    def write_many(self, items: Iterable[Union[str, Dict[str, Any]]], *, user: str,
+                   now: Optional[float] = None) -> List[WriteResult]:
+        user = _check_user(user)
+        norm = []
+        for i, it in enumerate(items):
+            it = {"text": it} if isinstance(it, str) else it
+            if not isinstance(it, dict):
+                raise _err(f"item {i}: must be a str or a dict with 'text' but got {type(it).__name__}.")
+            unknown = set(it) - {"text", "source", "metadata", "surprise", "force"}
+            if unknown or "text" not in it:
+                raise _err(f"item {i}: needs 'text'; allowed keys are text, source, metadata, surprise, force "
+                           f"(got {sorted(it)}).")
+            self._check_text(it["text"], f"item {i}: ")
+            s = it.get("surprise")
+            if s is not None and not (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)):
+                raise _err(f"item {i}: surprise must be a finite number or None but got {s!r}.")
+            norm.append(it)
+        if not norm:
+            return []
+        now = time.time() if now is None else float(now)
+        vecs = self._embed([it["text"] for it in norm])
+        # Surprise of the texts that need the scorer, in one call.
+        need = [i for i, it in enumerate(norm) if it.get("surprise") is None]
+        if need and self.surprise is not None:
+            scored = np.asarray(self.surprise([norm[i]["text"] for i in need]), np.float64)
+            for i, s in zip(need, scored):
+                norm[i] = dict(norm[i], surprise=float(s))
+        self._sync()
+        idx = self._index(user)
+        gate = self._gate(user)
+        name = self.encoder.name
+        results: List[Optional[WriteResult]] = [None] * len(norm)
+        rows, row_of, refresh = [], [], []  # row_of[j] = item index of rows[j]
+        for i, (it, v) in enumerate(zip(norm, vecs)):
+            best_id, best = None, -2.0
+            if len(idx):
+                ids, scores = idx.search(v, 1)
+                if len(ids):
+                    best_id, best = int(ids[0]), float(scores[0])
+            if rows:  # near-duplicates within this batch
+                sims = np.stack([r["vector"] for r in rows]).astype(np.float32) @ v
+                j = int(np.argmax(sims))
+                if sims[j] > best:
+                    best_id, best = -1 - j, float(sims[j])
+            if best >= self.dedup:
+                refresh.append((i, best_id, best))
+                continue
+            s = it.get("surprise")
+            if s is not None:
+                d = gate.decide(s)
+                if not (d.write or it.get("force")):
+                    results[i] = WriteResult(None, "skipped", d.surprise, d.threshold, max(best, -1.0))
+                    continue
+                thr = d.threshold
+            else:
+                thr = None
+            rows.append(dict(
+                user=user, text=it["text"], source=it.get("source"), metadata=it.get("metadata"),
+                created=now, last_access=now, surprise=s, tier="hot", vector=v, encoder=name,
+                redundancy=max(best, 0.0) if best > -2.0 else None,
+            ))
+            row_of.append(i)
+            results[i] = WriteResult(None, "added", s, thr, best if best > -2.0 else None)
+        meta = {_GATE_KEY + user: gate.state()} if gate.count else None
+        new_ids = self.store.add_many(rows, meta=meta) if rows or meta else []
+        if rows:
+            idx.add_vectors(np.array(new_ids, np.int64), np.stack([r["vector"] for r in rows]))
+            for j, (i, nid) in enumerate(zip(row_of, new_ids)):
+                results[i] = WriteResult(nid, "added", results[i].surprise, results[i].threshold,
+                                         results[i].similarity)
+            if self._bytes is not None:
+                self._bytes += int(sum(entry_bytes("hot", len(r["text"].encode("utf-8")), len(r["vector"]))
+                                       for r in rows))
+        touched = []
+        for i, target, sim in refresh:
+            tid = new_ids[-1 - target] if target < 0 else target
+            touched.append(tid)
+            results[i] = WriteResult(tid, "refreshed", norm[i].get("surprise"), None, sim)
+        if touched:
+            self.store.touch(touched, now=now)
+        self._dv = self.store.data_version()
+        if self.budget_bytes is not None and rows:
+            self._maybe_enforce(now)
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ reading
+
+    def search(
+        self,
+        query: Union[str, np.ndarray],
+        k: int = 5,
+        *,
+        user: str,
+        min_score: Optional[float] = None,
+        touch: bool = True,
+    ) -> List[Tuple[Entry, float]]:
+        """The ``k`` entries of ``user`` closest to ``query`` (a text, or a vector in the
+        encoder's space) by cosine, best first, as ``(Entry, score)``; only scores >=
+        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``)
+        unless ``touch=False``. Cold entries (no vector) are not searched."""
+        user = _check_user(user)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise _err(f"k must be an int >= 1 but got {k!r}.")
+        if isinstance(query, str):
+            self._check_text(query)
+            q = self._embed([query])[0]
+        else:
+            q = np.asarray(query, np.float32)
+            if q.shape != (self.encoder.dim,):
+                raise _err(f"a query vector must have shape ({self.encoder.dim},) but got {q.shape}.")
+        norm = float(np.linalg.norm(q))
+        if not (math.isfinite(norm) and norm > 0):
+            raise _err("the query vector is zero or not finite.")
+        q = q / norm
+        self._sync()
+        idx = self._index(user)
+        if not len(idx):
+            return []
+        ids, _ = idx.search(q, min(len(idx), max(2 * k, k + 8)))
+        hits = []
+        for row in self.store.get_many(ids):
+            if row["user"] != user or row["vector"] is None:
+                continue  # another process changed it meanwhile
+            v = row["vector"]
+            vf = v.astype(np.float32) * (row["scale"] if row["scale"] is not None else 1.0)
+            n = float(np.linalg.norm(vf))
+            score = float(vf @ q) / n if n > 0 else 0.0
+            hits.append((Entry._of(row), score))
+        hits.sort(key=lambda h: (-h[1], h[0].id))
+        if min_score is not None:
+            hits = [h for h in hits if h[1] >= min_score]
+        hits = hits[:k]
+        if touch and hits:
+            self.store.touch([e.id for e, _ in hits])
+            self._dv = self.store.data_version()
+        return hits
+
+    def get(self, id: int, *, user: Optional[str] = None) -> Optional[Entry]:
+        """Entry ``id`` (None if absent, or if it belongs to another user than ``user``)."""
+        row = self.store.get(id)
+        if row is None or (user is not None and row["user"] != _check_user(user)):
+            return None
+        return Entry._of(row)
+
+    def list(self, *, user: Optional[str] = None, tier: Optional[str] = None,
+             limit: Optional[int] = None) -> List[Entry]:
+        """Entries (of ``user``, or all), oldest first; only those in ``tier`` if given."""
+        if user is not None:
+            user = _check_user(user)
+        out = []
+        for row in self.store.iter_entries(user):
+            if tier is None or row["tier"] == tier:
+                out.append(Entry._of(row))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def update(self, id: int, *, user: Optional[str] = None, text: Any = _UNSET, source: Any = _UNSET,
+               metadata: Any = _UNSET) -> Entry:
+        """Change an entry's text (re-embedded), source or metadata; ``KeyError`` when there
+        is no entry ``id`` (of ``user``, if given). Returns the updated entry."""
+        cur = self.get(id, user=user)
+        if cur is None:
+            raise KeyError(f"[memory.bank] no entry with id {id}" + (f" for user {user!r}." if user else "."))
+        fields: Dict[str, Any] = {}
+        if source is not _UNSET:
+            fields["source"] = source
+        if metadata is not _UNSET:
+            fields["metadata"] = metadata
+        vec = None
+        if text is not _UNSET:
+            fields["text"] = self._check_text(text)
+            if cur.tier != "cold":
+                vec = self._embed([text])[0]
+                fields.update(vector=vec, encoder=self.encoder.name)
+        self._sync()
+        self.store.update(id, **fields)
+        if vec is not None and cur.user in self._indexes:
+            self._indexes[cur.user].add_vectors(np.array([id], np.int64), vec[None])
+        self._bytes = None
+        self._dv = self.store.data_version()
+        return self.get(id)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ forgetting
+
+    def forget(self, id: Union[int, Iterable[int], None] = None, *, user: Optional[str] = None,
+               where: Union[Dict[str, Any], Callable[[Entry], bool], None] = None) -> int:
+        """Delete memories for good; returns how many entries were deleted.
+
+        * ``forget(id)`` / ``forget([ids])``: those entries (only ``user``'s, if given).
+        * ``forget(user=u)``: every entry of ``u``, and the bank's statistics about ``u``.
+        * ``forget(user=u, where=...)``: ``u``'s entries that match ``where``: a callable
+          ``Entry -> bool``, or a dict of conditions: ``source``, ``tier`` (equal),
+          ``contains`` (substring of the text, case-insensitive), ``before`` / ``after``
+          (``created`` earlier / later than a time in seconds since the epoch).
+
+        Deleted text is overwritten in the file (secure_delete) and the write-ahead log
+        is checkpointed and truncated, so it is not left in the file's bytes.
+        """
+        if id is None and user is None:
+            raise _err("forget needs an id, a list of ids, or user=... (with an optional where=...).")
+        if user is not None:
+            user = _check_user(user)
+        self._sync()
+        if id is not None:
+            if where is not None:
+                raise _err("give either ids or where=..., not both.")
+            ids = [id] if isinstance(id, (int, np.integer)) else list(id)
+            if user is not None:
+                ids = [e["id"] for e in self.store.get_many(ids) if e["user"] == user]
+            n = self.store.delete(ids)
+        elif where is None:
+            n = self.store.delete_user(user)
+            for key in (_GATE_KEY + user,):
+                self.store.delete_meta(key)
+        else:
+            match = self._matcher(where)
+            ids = [row["id"] for row in self.store.iter_entries(user) if match(Entry._of(row))]
+            n = self.store.delete(ids)
+        self._indexes.clear()
+        self._bytes = None
+        self.store.checkpoint()
+        self._dv = self.store.data_version()
+        return n
+
+    @staticmethod
+    def _matcher(where) -> Callable[[Entry], bool]:
+        if callable(where):
+            return where
+        if not isinstance(where, dict) or not where:
+            raise _err("where must be a callable Entry -> bool or a non-empty dict of conditions.")
+        allowed = {"source", "tier", "contains", "before", "after"}
+        unknown = set(where) - allowed
+        if unknown:
+            raise _err(f"unknown where condition(s) {sorted(unknown)}; the conditions are {sorted(allowed)}.")
+        for k in ("before", "after"):
+            if k in where and not isinstance(where[k], (int, float)):
+                raise _err(f"where[{k!r}] must be a time in seconds since the epoch.")
+        needle = where.get("contains")
+        if needle is not None and not isinstance(needle, str):
+            raise _err("where['contains'] must be a str.")
+
+        def match(e: Entry) -> bool:
+            return (
+                ("source" not in where or e.source == where["source"])
+                and ("tier" not in where or e.tier == where["tier"])
+                and (needle is None or needle.casefold() in e.text.casefold())
+                and ("before" not in where or e.created < where["before"])
+                and ("after" not in where or e.created > where["after"])
+            )
+
+        return match
+
+    # ------------------------------------------------------------------ budget
+
+    def _total_bytes(self, st: Dict[str, np.ndarray]) -> int:
+        return int(entries_bytes(list(st["tier"]), st["text_bytes"], st["dim"]).sum())
+
+    def _policy(self):
+        if self.policy_name == "fifo":
+            return FIFOPolicy()
+        if self.policy_name == "lru":
+            return LRUPolicy()
+        if self.policy_name == "random":
+            return RandomPolicy(self.seed)
+        state = self.store.get_meta(_MODEL_KEY)
+        return LRUPolicy() if state is None else LearnedPolicy.from_dict(state)
+
+    @staticmethod
+    def _entry_stats(st: Dict[str, np.ndarray], snapshot: bool = False) -> EntryStats:
+        return EntryStats(
+            ids=st["ids"], created=st["created"],
+            last_access=st["snap_access"] if snapshot else st["last_access"],
+            hits=st["snap_hits"] if snapshot else st["hits"],
+            surprise=st["surprise"], redundancy=st["redundancy"],
+        )
+
+    def _maybe_enforce(self, now: float) -> None:
+        if self._bytes is None:
+            self._bytes = self._total_bytes(self.store.stats())
+        if self._bytes > self.budget_bytes:  # type: ignore[operator]
+            self.enforce_budget(now=now)
+
+    def enforce_budget(self, budget_bytes: Optional[int] = None, *, now: Optional[float] = None
+                       ) -> List[Tuple[int, Optional[str]]]:
+        """Degrade entries until the bank's bytes fit: to ``budget_bytes`` when given,
+        else (when over ``budget_mb``) to 90% of it. Returns the moves applied,
+        ``(id, new tier or None for evicted)``, in order."""
+        if budget_bytes is None:
+            if self.budget_bytes is None:
+                return []
+        elif isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 0:
+            raise _err(f"budget_bytes must be an int >= 0 but got {budget_bytes!r}.")
+        now = time.time() if now is None else float(now)
+        self._sync()
+        st = self.store.stats()
+        total = self._total_bytes(st)
+        if budget_bytes is None:
+            if total <= self.budget_bytes:
+                self._bytes = total
+                return []
+            budget_bytes = int(self.budget_bytes * LOW_WATER)
+        if total <= budget_bytes or not len(st["ids"]):
+            self._bytes = total
+            return []
+        scores = self._policy().scores(self._entry_stats(st), now)
+        moves = plan_degradation(st["ids"], list(st["tier"]), st["text_bytes"], st["dim"], scores, budget_bytes)
+        self.store.apply_moves(moves)
+        self._indexes.clear()
+        self._bytes = None
+        self.store.checkpoint()
+        self._dv = self.store.data_version()
+        return moves
+
+    def train_retention(self, *, now: Optional[float] = None, min_examples: int = 20,
+                        epochs: int = 200) -> Dict[str, Any]:
+        """Fit the learned retention policy on the bank's own access statistics.
+
+        The labels come from the last snapshot (:meth:`MemoryStore.take_snapshot`):
+        features as of then (age, idle time, hits, surprise, redundancy), label = the
+        entry was retrieved since. Then a new snapshot starts the next window. The
+        first call only takes the snapshot. Returns what happened (``trained``,
+        ``examples``, ``positives``, ``reason``).
+        """
+        now = time.time() if now is None else float(now)
+        t0 = self.store.get_meta("snapshot_time")
+        report: Dict[str, Any] = {"trained": False, "examples": 0, "positives": 0}
+        if t0 is None:
+            report["reason"] = "no snapshot yet; took one, train again after some use"
+        else:
+            st = self.store.stats()
+            keep = st["snap_hits"] >= 0
+            sub = {k: v[keep] for k, v in st.items()}
+            labels = sub["hits"] > sub["snap_hits"]
+            report.update(examples=int(keep.sum()), positives=int(labels.sum()))
+            if keep.sum() < min_examples or labels.all() or not labels.any():
+                report["reason"] = (f"need >= {min_examples} entries from before the snapshot with both "
+                                    f"accessed and unaccessed ones")
+            else:
+                model = LearnedPolicy(seed=self.seed).fit(self._entry_stats(sub, snapshot=True), labels,
+                                                         float(t0), epochs=epochs)
+                self.store.set_meta(_MODEL_KEY, model.to_dict())
+                report["trained"] = True
+        self.store.take_snapshot(now)
+        self._dv = self.store.data_version()
+        return report
+
+    # ------------------------------------------------------------------ import / export
+
+    def export(self, path: Union[str, os.PathLike], *, user: Optional[str] = None) -> int:
+        """Write the entries (of ``user``, or all) to a JSON Lines file (mode 0600,
+        replaced atomically): a header line ``{"format", "exported"}`` and one line per
+        entry with its encoder's name and vector (base64 float16, or int8 + scale).
+        Returns the count."""
+        if user is not None:
+            user = _check_user(user)
+        path = Path(os.path.expanduser(os.fspath(path)))
+        header = {"format": EXPORT_FORMAT, "exported": time.time()}
+        fd, tmp = tempfile.mkstemp(prefix=".export-", dir=path.parent if str(path.parent) else ".")
+        n = 0
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+                for row in self.store.iter_entries(user):
+                    out = {k: row[k] for k in ("user", "text", "source", "metadata", "created", "last_access",
+                                               "hits", "surprise", "tier", "encoder")}
+                    v = row["vector"]
+                    if v is not None:
+                        out["vector"] = ({"dtype": "float16", "data": _encode_b64(v.astype("<f2"))}
+                                         if row["scale"] is None else
+                                         {"dtype": "int8", "scale": row["scale"], "data": _encode_b64(v)})
+                    f.write(json.dumps(out, ensure_ascii=False, allow_nan=False) + "\n")
+                    n += 1
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return n
+
+    def import_(self, path: Union[str, os.PathLike], *, user: Optional[str] = None) -> int:
+        """Add the entries of an :meth:`export` file (to ``user`` if given, else each to its
+        own). The whole file is checked first and written in one transaction: a bad line
+        raises ValueError naming it, and nothing is imported. Vectors are kept when the file's
+        encoder is this bank's, else re-embedded from the texts; entries whose text the user
+        already has are skipped. Returns how many entries were added."""
+        path = Path(os.path.expanduser(os.fspath(path)))
+        if user is not None:
+            user = _check_user(user)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise _err(f"cannot read {path}: {e.strerror}.") from None
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise _err(f"{path} is not UTF-8 text (bad byte at offset {e.start}); is it an export file?") from None
+        if not lines:
+            raise _err(f"{path} is empty; an export file starts with a header line.")
+        try:
+            header = json.loads(lines[0])
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+            raise _err(f"{path} line 1 is not an mlx_synapse memory export header "
+                       f'({{"format": "{EXPORT_FORMAT}", ...}}).')
+        enc = self.encoder
+        rows = []
+        for ln, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            where = f"{path} line {ln}: "
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _err(f"{where}not JSON ({e.msg}); nothing was imported.") from None
+            if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+                raise _err(f"{where}an entry needs a 'text' string; nothing was imported.")
+            self._check_text(d["text"], where)
+            row = {k: d.get(k) for k in ("source", "metadata", "created", "last_access", "hits", "surprise")}
+            row = {k: v for k, v in row.items() if v is not None}
+            row["user"] = user if user is not None else _check_user(d.get("user"))
+            row["text"] = d["text"]
+            tier = d.get("tier", "warm")
+            if tier not in ("hot", "warm", "cold"):
+                raise _err(f"{where}tier must be hot, warm or cold but got {tier!r}; nothing was imported.")
+            row["tier"] = tier
+            vec = d.get("vector")
+            # Vectors of this bank's encoder are kept; any other encoder's are re-embedded.
+            if vec is not None and d.get("encoder") == enc.name and tier != "cold":
+                row.update(self._decode_import_vector(vec, enc.dim, where))
+                row["encoder"] = enc.name
+            elif tier != "cold":
+                row["_embed"] = True
+            rows.append(row)
+        # Skip texts the user already has (makes re-importing the same file harmless).
+        have: Dict[str, set] = {}
+        fresh = []
+        for r in rows:
+            if r["user"] not in have:
+                have[r["user"]] = {e["text"] for e in self.store.iter_entries(r["user"])}
+            if r["text"] not in have[r["user"]]:
+                have[r["user"]].add(r["text"])
+                fresh.append(r)
+        todo = [i for i, r in enumerate(fresh) if r.pop("_embed", False)]
+        for at in range(0, len(todo), 256):
+            part = todo[at : at + 256]
+            vecs = self._embed([fresh[i]["text"] for i in part])
+            for i, v in zip(part, vecs):
+                fresh[i].update(vector=v, encoder=enc.name)
+        try:
+            ids = self.store.add_many(fresh)
+        except ValueError as e:
+            raise _err(f"{path}: {str(e).split('] ', 1)[-1]} Nothing was imported.") from None
+        self._indexes.clear()
+        self._bytes = None
+        self._dv = self.store.data_version()
+        if self.budget_bytes is not None and ids:
+            self._maybe_enforce(time.time())
+        return len(ids)
+
+    @staticmethod
+    def _decode_import_vector(vec, dim: int, where: str) -> Dict[str, Any]:
+        if not isinstance(vec, dict) or vec.get("dtype") not in ("float16", "int8"):
+            raise _err(f"{where}vector must be {{'dtype': 'float16'|'int8', 'data': base64, ...}}.")
+        try:
+            data = base64.b64decode(vec.get("data", ""), validate=True)
+        except (ValueError, TypeError):
+            raise _err(f"{where}vector data is not base64; nothing was imported.") from None
+        width = 2 if vec["dtype"] == "float16" else 1
+        if len(data) != width * dim:
+            raise _err(f"{where}vector has {len(data) // width} dimensions but the encoder has {dim} "
+                       f"(wrong-dimension import); nothing was imported.")
+        if vec["dtype"] == "float16":
+            a = np.frombuffer(data, "<f2").astype(np.float32)
+            return {"vector": a}
+        scale = vec.get("scale")
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise _err(f"{where}an int8 vector needs a finite scale >= 0; nothing was imported.")
+        return {"vector": np.frombuffer(data, np.int8).copy(), "scale": float(scale)}
+
+    # ------------------------------------------------------------------ facts
+
+    def stats(self) -> Dict[str, Any]:
+        """Counts per user and tier, bytes against the budget, the encoder, the policy,
+        and the file's size on disk."""
+        st = self.store.stats()
+        users: Dict[str, int] = {}
+        for u in st["user"]:
+            users[u] = users.get(u, 0) + 1
+        tiers = {t: int((st["tier"] == t).sum()) for t in ("hot", "warm", "cold")}
+        size = sum(os.path.getsize(f"{self.path}{s}") for s in ("", "-wal") if os.path.exists(f"{self.path}{s}"))
+        enc = self._encoder
+        return {
+            "path": str(self.path),
+            "entries": int(len(st["ids"])),
+            "users": users,
+            "tiers": tiers,
+            "bytes": self._total_bytes(st),
+            "budget_bytes": self.budget_bytes,
+            "file_bytes": size,
+            "encoder": getattr(enc, "name", None),
+            "policy": self.policy_name + ("" if self.policy_name != "learned" or self.store.get_meta(_MODEL_KEY)
+                                          else " (untrained: LRU)"),
+            "hits": int(st["hits"].sum()) if len(st["ids"]) else 0,
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "MemoryBank":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MemoryBank({str(self.path)!r}, encoder={getattr(self._encoder, 'name', None)!r})"

@@ -80,6 +80,15 @@ def test_stdin_and_errors(run, monkeypatch):
     assert [line for line in run("list")[1].splitlines()] == ["[1] from standard input  (hot, hits 0, cli)"]
 
 
+def test_budget_option_evicts(run):
+    for i in range(40):
+        assert run("add", f"note number {i} about thing {i * 13}", "--budget-mb", str(3000 / 2**20))[0] == 0
+    st = json.loads(run("stats", "--json", "--budget-mb", str(3000 / 2**20))[1])
+    assert st["bytes"] <= st["budget_bytes"] == 3000 and st["entries"] < 40
+    code, _, err = run("list", "--budget-mb", "-1")
+    assert code == 2 and "budget_mb must be a positive number" in err
+
+
 def test_corrupted_database_is_reported_not_touched(tmp_path, run):
     with open(run.db, "wb") as f:
         f.write(os.urandom(8192))

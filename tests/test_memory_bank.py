@@ -473,3 +473,18 @@ def test_default_path(monkeypatch, tmp_path):
     monkeypatch.setenv("MLX_SYNAPSE_MEMORY_DB", str(tmp_path / "x.db"))
     assert default_db_path() == tmp_path / "x.db"
     assert math.isfinite(1.0)
+
+
+def test_bank_replay_matches_the_eviction_simulation(tmp_path):
+    """benchmarks/memory_bench.py's history replayed through the bank (SQLite, index,
+    snapshot training, enforce_budget, search) gives the array simulation's numbers for
+    the policies that do not learn, and the learned policy beats FIFO there too."""
+    from mlx_synapse.benchmarks.memory_bench import Workload, simulate, through_bank
+
+    wl = Workload(entries=1500)
+    sim = simulate(wl, 0, policies=("fifo", "lru"))
+    real = through_bank(wl, 0, str(tmp_path), policies=("fifo", "lru", "learned"))
+    assert real["trained"]
+    for name in ("none", "fifo", "lru"):
+        assert real["results"][name] == pytest.approx(sim["results"][name], abs=1e-9), name
+    assert real["results"]["learned"][0] > real["results"]["fifo"][0]

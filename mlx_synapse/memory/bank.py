@@ -600,7 +600,7 @@ class MemoryBank:
         return moves
 
     def train_retention(self, *, now: Optional[float] = None, min_examples: int = 20,
-                        epochs: int = 200) -> Dict[str, Any]:
+                        epochs: int = 100) -> Dict[str, Any]:
         """Fit the learned retention policy on the bank's own access statistics.
 
         The labels come from the last snapshot (:meth:`MemoryStore.take_snapshot`):

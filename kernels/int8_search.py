@@ -222,6 +222,9 @@ def topk(codes, inv_norm, ids, queries, k: int, use_numba: bool = True):
 # ---- MLX: the bank in MLX's affine 8-bit quantized layout ----------------------------
 
 
+_QMM_ROWS = 32  # query rows per mx.quantized_matmul (see AffineInt8Mirror.scores)
+
+
 def affine8_layout(dim: int):
     """``(padded_dim, group_size)`` for a bank of width ``dim`` in MLX's 8-bit layout.
 
@@ -311,13 +314,19 @@ class AffineInt8Mirror:
         q = np.zeros((queries.shape[0], self.padded_dim), np.float32)
         q[:, : self.dim] = queries
         q = mx.array(q)
-        parts = []
-        for w, inv in self._blocks:
-            r = w.shape[0]
-            y = mx.quantized_matmul(q, w, self._scales[:r], self._biases[:r], transpose=True,
-                                    group_size=self.group_size, bits=8)
-            parts.append(y * inv)
-        return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
+        rows = []
+        # MLX 0.32's CUDA quantized_matmul fails for 64 or more query rows ("cuGraphAddKernelNode
+        # ... invalid argument", seen on an H100); up to 32 rows run its matrix-vector kernel.
+        for q0 in range(0, q.shape[0], _QMM_ROWS):
+            qc = q[q0 : q0 + _QMM_ROWS]
+            parts = []
+            for w, inv in self._blocks:
+                r = w.shape[0]
+                y = mx.quantized_matmul(qc, w, self._scales[:r], self._biases[:r], transpose=True,
+                                        group_size=self.group_size, bits=8)
+                parts.append(y * inv)
+            rows.append(parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1))
+        return rows[0] if len(rows) == 1 else mx.concatenate(rows, axis=0)
 
     def topk(self, queries: np.ndarray, ids: np.ndarray, k: int):
         """Like :func:`topk`, the product and the partition done by MLX."""

@@ -146,6 +146,17 @@ def test_mlx_affine_mirror_matches_reference(d, padded, group):
 
 
 @needs_mlx
+def test_mlx_many_queries_run_in_chunks():
+    """More query rows than one quantized_matmul takes (see ks._QMM_ROWS) give the same scores."""
+    ids, codes, scales, _ = bank(600, 64, seed=3)
+    q = np.random.default_rng(4).standard_normal((2 * ks._QMM_ROWS + 5, 64)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    m = ks.AffineInt8Mirror(64, block_rows=256)
+    m.sync(codes, ks.inv_norms(codes), len(codes))
+    np.testing.assert_allclose(np.array(m.scores(q)), ref_cosines(codes, scales, q), rtol=1e-5, atol=ATOL)
+
+
+@needs_mlx
 def test_mlx_topk_exact_ties_by_id():
     row = np.arange(-16, 16, dtype=np.int8)
     codes = np.tile(row, (40, 1))

@@ -289,7 +289,7 @@ def through_bank(wl: Workload, seed: int, workdir: str, policies=POLICIES) -> di
     qts, qcs = h["qt"][qmask], credit[qmask]
     out = {"seed": seed, "entries": n, "facts": h["n_facts"], "queries_phase3": int((h["qt"] > h["t1"]).sum()),
            "results": {}}
-    with MemoryBank(base, enc, dedup=None, backend="numpy", seed=seed) as bank:
+    with MemoryBank(base, enc, dedup=None, backend="numpy", seed=seed, retrain_every=None) as bank:
         nxt, snapped = 0, False
         for j in range(len(qts) + 1):
             t = qts[j] if j < len(qts) else h["t1"]
@@ -319,7 +319,7 @@ def through_bank(wl: Workload, seed: int, workdir: str, policies=POLICIES) -> di
     for name in ("none",) + tuple(policies):
         path = os.path.join(workdir, f"seed{seed}-{name}.db")
         shutil.copyfile(base, path)
-        with MemoryBank(path, enc, dedup=None, backend="numpy", seed=seed,
+        with MemoryBank(path, enc, dedup=None, backend="numpy", seed=seed, retrain_every=None,
                         policy="lru" if name == "none" else name) as bank:
             if name != "none":
                 bank.enforce_budget(budget, now=EPOCH + h["t1"])

@@ -388,7 +388,7 @@ def test_enforce_budget_with_each_policy(tmp_path):
 def test_train_retention_learns_from_accesses(tmp_path):
     enc = BagOfWords(32)
     rng = np.random.default_rng(0)
-    with MemoryBank(tmp_path / "m.db", enc, backend="numpy", policy="learned") as b:
+    with MemoryBank(tmp_path / "m.db", enc, backend="numpy", policy="learned", retrain_every=None) as b:
         ids = [b.add(f"note {i} zz{i}", user="u", surprise=float(rng.uniform(1, 6)), force=True, now=float(i))
                for i in range(120)]
         assert "untrained" in b.stats()["policy"]
@@ -408,6 +408,21 @@ def test_train_retention_learns_from_accesses(tmp_path):
         kept_surprise = np.mean([surprise[i] for i in ids if i not in evicted])
         gone_surprise = np.mean([surprise[i] for i in evicted])
         assert kept_surprise > gone_surprise + 1.0
+
+
+def test_learned_policy_retrains_itself_as_the_bank_is_used(tmp_path):
+    day = 86400.0
+    with MemoryBank(tmp_path / "m.db", BagOfWords(32), backend="numpy", retrain_every=day) as b:
+        ids = [b.add(f"note {i} qq{i}", user="u", surprise=float(i % 7), force=True, now=float(i))
+               for i in range(60)]
+        assert b.store.get_meta("snapshot_time") == 0.0  # the first write took a snapshot
+        b.store.touch([i for i in ids if b.get(i).surprise >= 4], now=1000.0)
+        b.add("later note", user="u", now=day / 2)  # too soon: nothing happens
+        assert b.store.get_meta("snapshot_time") == 0.0 and "untrained" in b.stats()["policy"]
+        b.add("a day later", user="u", now=day + 1)
+        assert b.store.get_meta("snapshot_time") == day + 1 and "untrained" not in b.stats()["policy"]
+    with pytest.raises(ValueError, match="retrain_every"):
+        MemoryBank(tmp_path / "x.db", BagOfWords(), retrain_every=0)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -147,6 +147,9 @@ class MemoryBank:
         policy: which entries degrade first over budget: 'learned' (the MLP of
             :meth:`train_retention`; LRU until one has been trained), 'lru', 'fifo', 'random'.
         backend: the index's backend ('auto', 'numpy', 'mlx'), as :func:`mlx_synapse.load`.
+        retrain_every: with ``policy='learned'``, a write calls :meth:`train_retention`
+            when the last snapshot is at least this many seconds old (the first write
+            takes the first snapshot); None = only when called.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class MemoryBank:
         backend: str = "auto",
         timeout: float = 30.0,
         seed: int = 0,
+        retrain_every: Optional[float] = 86400.0,
     ) -> None:
         if budget_mb is not None and not (
             isinstance(budget_mb, (int, float)) and math.isfinite(budget_mb) and budget_mb > 0
@@ -173,6 +177,11 @@ class MemoryBank:
         if policy not in POLICIES:
             raise _err(f"policy must be one of {POLICIES} but got {policy!r}.")
         SurpriseGate(gamma, warmup)  # validates both
+        if retrain_every is not None and not (
+            isinstance(retrain_every, (int, float)) and math.isfinite(retrain_every) and retrain_every > 0
+        ):
+            raise _err(f"retrain_every must be a positive number of seconds or None but got {retrain_every!r}.")
+        self.retrain_every = retrain_every
         self.path = Path(os.path.expanduser(os.fspath(path))) if path is not None else default_db_path()
         self.store = MemoryStore(self.path, timeout=timeout)
         self._encoder = encoder
@@ -366,6 +375,10 @@ class MemoryBank:
         if touched:
             self.store.touch(touched, now=now)
         self._dv = self.store.data_version()
+        if rows and self.policy_name == "learned" and self.retrain_every is not None:
+            t0 = self.store.get_meta("snapshot_time")
+            if t0 is None or now - float(t0) >= self.retrain_every:
+                self.train_retention(now=now)
         if self.budget_bytes is not None and rows:
             self._maybe_enforce(now)
         return results  # type: ignore[return-value]
@@ -605,7 +618,8 @@ class MemoryBank:
 
         The labels come from the last snapshot (:meth:`MemoryStore.take_snapshot`):
         features as of then (age, idle time, hits, surprise, redundancy), label = the
-        entry was retrieved since. Then a new snapshot starts the next window. The
+        entry was retrieved since (entries added since count from when they were
+        added). Then a new snapshot starts the next window. The
         first call only takes the snapshot. Returns what happened (``trained``,
         ``examples``, ``positives``, ``reason``).
         """
@@ -616,6 +630,10 @@ class MemoryBank:
             report["reason"] = "no snapshot yet; took one, train again after some use"
         else:
             st = self.store.stats()
+            # Entries added since the snapshot enter the window as they were when added.
+            new = (st["snap_hits"] < 0) & (st["created"] > float(t0))
+            st["snap_hits"][new] = 0
+            st["snap_access"][new] = st["created"][new]
             keep = st["snap_hits"] >= 0
             sub = {k: v[keep] for k, v in st.items()}
             labels = sub["hits"] > sub["snap_hits"]

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                              "until trained)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    p = argparse.ArgumentParser(prog="python -m mlx_synapse.memory", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mlx_synapse.memory", description="The memory bank from a shell: remember, find, list and forget "
+                                "what a user told the model; move memories between files.",
+                                epilog=__doc__.split("\n\n", 1)[1].replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("add", parents=[common], help="remember a text")
     a.add_argument("text", help="the text, or - to read it from stdin")

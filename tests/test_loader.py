@@ -155,3 +155,25 @@ def test_hub_id_goes_through_huggingface_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="could not fetch 'org/model'.*OSError"):
         resolve_model_path("org/model")
+
+
+def test_package_generate_is_the_function_however_imported():
+    """`mlx_synapse.generate` is both a submodule and the public function; the function wins,
+    even when the submodule was imported first, and importing the package loads no MLX."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "import mlx_synapse.generate\n"
+        "import mlx_synapse\n"
+        "assert callable(mlx_synapse.generate) and mlx_synapse.generate.__name__ == 'generate'\n"
+        "from mlx_synapse import generate, stream_generate, generate_step\n"
+        "assert callable(generate) and callable(stream_generate) and callable(generate_step)\n"
+        "assert not any(n == 'mlx' or n.startswith('mlx.') for n in sys.modules), 'MLX imported'\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr

@@ -9,6 +9,7 @@ COMMANDS = {
     "generate": "mlx_synapse.generate",
     "convert": "mlx_synapse.convert.__main__",
     "memory": "mlx_synapse.memory.__main__",
+    "chat": "mlx_synapse.chat",
 }
 
 

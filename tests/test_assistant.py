@@ -1,0 +1,124 @@
+"""The assistant: what it learns from a message, how it builds the prompt, and, with the
+real default model, a fact told in one process answered in another."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mlx_synapse.assistant import EXAMPLES, Assistant, Reply, is_question
+from mlx_synapse.memory.bank import MemoryBank
+
+from .conftest import _or_skip
+from .test_memory_bank import BagOfWords
+
+
+class WordTokenizer:
+    def encode(self, text, **kw):
+        return list(range(len(text.split())))
+
+
+@pytest.fixture
+def assistant(tmp_path):
+    bank = MemoryBank(tmp_path / "m.db", BagOfWords(), backend="numpy")
+    yield Assistant(None, WordTokenizer(), bank, user="me", min_score=0.3)
+    bank.close()
+
+
+def test_is_question():
+    assert is_question("What's my favourite colour?") and is_question("where do I live")
+    assert is_question("Tell me my sister's name") and not is_question("My sister is Ana.")
+
+
+def test_learn_stores_statements_not_questions(assistant):
+    bank = assistant.memory
+    assert assistant.learn("What is my dog called?") is None
+    assert assistant.learn("My dog is called Pickle.") == "added"
+    assert assistant.learn("my dog is called pickle.") == "refreshed"  # same words: near-duplicate
+    assert assistant.learn("The weather was nice today.") == "added"  # no surprise scorer: written
+    assert [e.text for e in bank.list(user="me")] == ["My dog is called Pickle.", "The weather was nice today."]
+
+
+def test_new_value_replaces_the_old_fact(assistant):
+    bank = assistant.memory
+    assistant.learn("My favorite color is blue.")
+    assert assistant.learn("My favorite color is green.") == "corrected"
+    assert [e.text for e in bank.list(user="me")] == ["My favorite color is green."]
+
+
+def test_correction_rewrites_the_memory_just_used(assistant):
+    bank = assistant.memory
+    i = assistant.remember("My favorite color is blue.")
+    assistant.last = Reply("Your favorite color is blue.", [(bank.get(i), 0.9)])
+    assert assistant.learn("Actually, it's green.") == "corrected"
+    assert bank.get(i).text == "My favorite color is green."
+    assert assistant.learn("No, my favorite color is teal.") == "corrected"
+    assert bank.get(i).text == "my favorite color is teal."
+    assert len(bank.list(user="me")) == 1
+
+
+def test_forget_by_query(assistant):
+    assistant.remember("My dog is called Pickle.")
+    assistant.remember("I work at the harbour office.")
+    gone = assistant.forget("dog is called pickle")
+    assert [e.text for e in gone] == ["My dog is called Pickle."]
+    assert [e.text for e in assistant.memory.list(user="me")] == ["I work at the harbour office."]
+
+
+def test_prompt_has_examples_only_with_memories_and_the_best_last(assistant):
+    a = assistant
+    i = a.remember("My dog is called Pickle.")
+    j = a.remember("My cat is called Miso.")
+    bank = a.memory
+    plain = a.build_messages("hello there", [])
+    assert plain == [{"role": "user", "content": "hello there"}]
+    msgs = a.build_messages("what is my dog called?", [(bank.get(i), 0.8), (bank.get(j), 0.5)])
+    assert len(msgs) == 2 * len(EXAMPLES) + 1
+    assert msgs[-1]["content"] == ("Context: My cat is called Miso. My dog is called Pickle.\n\n"
+                                   "Question: what is my dog called?")
+    # history is kept newest first within the token budget
+    a.history = [("one two three", "four five"), ("six", "seven eight nine ten")]
+    a.history_tokens = 5
+    msgs = a.build_messages("hi", [])
+    assert [m["content"] for m in msgs] == ["six", "seven eight nine ten", "hi"]
+
+
+def test_retrieve_keeps_close_memories_only(assistant):
+    a = assistant
+    a.remember("my dog is called pickle")
+    a.remember("my dog likes long walks in the park")
+    a.remember("the stock market fell today")
+    hits = a.retrieve("what is my dog called")
+    assert hits[0][0].text == "my dog is called pickle"
+    assert all(s >= hits[0][1] - a.margin and s >= a.min_score for _, s in hits)
+    assert "the stock market fell today" not in [e.text for e, _ in hits]
+
+
+@pytest.mark.slow
+def test_chat_remembers_across_processes(tmp_path, smollm2_dir):
+    """Told in one run of `python -m mlx_synapse.chat`, answered in the next (piped stdin)."""
+    from mlx_synapse.memory import find_minilm_dir
+
+    _or_skip(find_minilm_dir)
+    env = dict(os.environ, MLX_SYNAPSE_MEMORY_DB=str(tmp_path / "m.db"))
+
+    def chat(text, *extra):
+        r = subprocess.run([sys.executable, "-m", "mlx_synapse.chat", "--user", "ana", "--max-tokens", "24",
+                            "--model", str(smollm2_dir), "--backend", "numpy", *extra],
+                           input=text, capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    chat("My dog is called Pickle.\nMy sister's name is Orsolya.\n")
+    out = chat("What is my dog's name?\n/why\nWhat is my sibling called?\n")
+    lines = out.splitlines()
+    assert "pickle" in lines[0].lower(), out
+    assert "My dog is called Pickle." in out  # /why shows the memory used
+    assert "orsolya" in out.lower().split("my dog is called pickle.")[-1], out
+    assert os.stat(tmp_path / "m.db").st_mode & 0o777 == 0o600
+    # another user sees none of it
+    out = chat("What is my dog's name?\n/why\n", "--user", "bob")
+    assert "no memory was used" in out

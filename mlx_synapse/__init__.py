@@ -1,7 +1,7 @@
 """mlx_synapse: small language models in MLX that personalise through memory.
 
 Public API: ``load``, ``generate``, ``stream_generate``, ``generate_step``.
-Nothing here imports MLX, so that the NumPy backend works where MLX is absent.
+Imports are lazy so that the NumPy backend works where MLX is absent.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_root, "pyproject.toml")) and os.path.isdir(os.path.join(_root, "convert")):
     __path__.append(_root)  # type: ignore[name-defined]
 
-# The submodule mlx_synapse.generate and the function generate share a name: import
-# the functions now (generate.py imports no MLX at module level), so that the package
-# attribute is the function however the submodule was first imported.
-from .generate import generate, generate_step, stream_generate  # noqa: E402
+_LAZY = {
+    "load": ("loader", "load"),
+    "generate": ("generate", "generate"),
+    "stream_generate": ("generate", "stream_generate"),
+    "generate_step": ("generate", "generate_step"),
+}
+# The submodule mlx_synapse.generate shares its name with the function: once the
+# submodule is imported, the package attribute is the module, which generate.py makes
+# callable as the function (importing it here eagerly would upset `python -m`).
 
-_LAZY = {"load": ("loader", "load")}
-
-__all__ = ["load", "generate", "stream_generate", "generate_step"]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):

@@ -194,13 +194,19 @@ class Assistant:
 
     # ------------------------------------------------------------------ chatting
 
-    def stream_respond(self, message: str) -> Iterator[str]:
-        """Yield the reply piece by piece; ``self.last`` holds the whole :class:`Reply` after."""
+    def prepare(self, message: str) -> Tuple[list, List[Tuple[Entry, float]], Optional[str]]:
+        """Retrieve, learn (if ``auto_learn``) and build the prompt for ``message``:
+        ``(prompt token ids, memories used, what learn did)``. ``stream_respond`` and
+        ``python -m mlx_synapse.generate --memory`` both go through here."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("[assistant] the message is empty.")
         memories = self.retrieve(message)
         learned = self.learn(message) if self.auto_learn else None
-        ids = self._prompt_ids(self.build_messages(message, memories))
+        return self._prompt_ids(self.build_messages(message, memories)), memories, learned
+
+    def stream_respond(self, message: str) -> Iterator[str]:
+        """Yield the reply piece by piece; ``self.last`` holds the whole :class:`Reply` after."""
+        ids, memories, learned = self.prepare(message)
         text, last = "", None
         for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
                                     temp=self.temp, top_p=self.top_p):

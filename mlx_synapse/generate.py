@@ -279,6 +279,10 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-bits", type=int, default=None, choices=[4, 8], help="quantize the KV cache (MLX)")
     p.add_argument("--backend", default="auto", choices=["auto", "mlx", "numpy"])
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
+    p.add_argument("--memory", default=None, metavar="DB",
+                   help="answer with the memories of --user in this memory bank, as the chat does "
+                        "(the prompt is also learned from: statements are stored)")
+    p.add_argument("--user", default=None, help="whose memories (default: $MLX_SYNAPSE_USER or login name)")
     p.add_argument("--verbose", action="store_true", help="print the prompt and the backend used")
     return p
 
@@ -300,7 +304,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         model, tokenizer = load(args.model, backend=args.backend)
-        ids = build_prompt(tokenizer, prompt, args.system, not args.no_chat_template)
+        bank = None
+        if args.memory is not None:
+            from .assistant import Assistant
+            from .memory.__main__ import _default_user
+            from .memory.bank import MemoryBank
+
+            bank = MemoryBank(args.memory, backend=args.backend)
+            helper = Assistant(model, tokenizer, bank, user=args.user or _default_user(), system=args.system)
+            ids, memories, _ = helper.prepare(prompt.strip())
+            if args.verbose:
+                for e, s in memories:
+                    print(f"[memory {s:.3f}] {e.text}", file=sys.stderr)
+        else:
+            ids = build_prompt(tokenizer, prompt, args.system, not args.no_chat_template)
         if args.verbose:
             print(f"[backend: {model.backend}; model: {model.model_path}]", file=sys.stderr)
             print(tokenizer.decode(ids), file=sys.stderr)
@@ -315,10 +332,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         if last is not None:
             print_stats(last)
+        if bank is not None:
+            bank.close()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+class _CallableModule(type(sys)):
+    """``mlx_synapse.generate`` names this module and the function: calling the module
+    calls the function, whichever of the two the package attribute ends up being."""
+
+    def __call__(self, *args, **kwargs):
+        return self.generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

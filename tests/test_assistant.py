@@ -122,3 +122,66 @@ def test_chat_remembers_across_processes(tmp_path, smollm2_dir):
     # another user sees none of it
     out = chat("What is my dog's name?\n/why\n", "--user", "bob")
     assert "no memory was used" in out
+    # generate --memory takes the same path
+    r = subprocess.run([sys.executable, "-m", "mlx_synapse.generate", "--memory", str(tmp_path / "m.db"),
+                        "--user", "ana", "--model", str(smollm2_dir), "--backend", "numpy", "-m", "24",
+                        "-p", "What is my dog called?", "--verbose"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "[memory" in r.stderr and "My dog is called Pickle." in r.stderr
+    assert "pickle" in r.stdout.splitlines()[0].lower(), r.stdout
+
+
+def _pty_session(argv, env, turns, timeout=300):
+    """Run ``argv`` on a pseudo-terminal; send each turn after the '> ' prompt; return the transcript."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env, close_fds=True)
+    os.close(slave)
+    buf = b""
+
+    def read_until(marker: bytes):
+        nonlocal buf
+        deadline = time.monotonic() + timeout
+        while marker not in buf:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {marker!r} in {buf.decode(errors='replace')!r}")
+            r, _, _ = select.select([master], [], [], 1.0)
+            if r:
+                try:
+                    buf += os.read(master, 4096)
+                except OSError:
+                    break
+        out, buf = buf[: buf.index(marker) + len(marker)], buf[buf.index(marker) + len(marker):]
+        return out.decode(errors="replace")
+
+    transcript = read_until(b"> ")
+    try:
+        for t in turns:
+            os.write(master, (t + "\n").encode())
+            transcript += read_until(b"> ")
+        os.write(master, b"/exit\n")
+        assert p.wait(timeout=60) == 0, p.stderr.read().decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+    return transcript
+
+
+@pytest.mark.slow
+def test_interactive_chat_in_a_pseudo_terminal(tmp_path, smollm2_dir):
+    from mlx_synapse.memory import find_minilm_dir
+
+    _or_skip(find_minilm_dir)
+    env = dict(os.environ, MLX_SYNAPSE_MEMORY_DB=str(tmp_path / "m.db"))
+    argv = [sys.executable, "-m", "mlx_synapse.chat", "--user", "kim", "--max-tokens", "24",
+            "--model", str(smollm2_dir), "--backend", "numpy"]
+    first = _pty_session(argv, env, ["My favourite tree is the rowan.", "/memories"])
+    assert "Chatting as 'kim'" in first and "My favourite tree is the rowan." in first
+    second = _pty_session(argv, env, ["Which tree do I like most?", "/why"])
+    answer = second.split("Which tree do I like most?", 1)[1]
+    assert "rowan" in answer.lower(), second

@@ -168,7 +168,11 @@ def test_package_generate_is_the_function_however_imported():
         "import sys\n"
         "import mlx_synapse.generate\n"
         "import mlx_synapse\n"
-        "assert callable(mlx_synapse.generate) and mlx_synapse.generate.__name__ == 'generate'\n"
+        "m = sys.modules['mlx_synapse.generate']\n"
+        "real = m.generate\n"
+        "m.generate = lambda *a, **k: ('called', a, k)\n"
+        "assert mlx_synapse.generate(1, x=2) == ('called', (1,), {'x': 2})\n"
+        "m.generate = real\n"
         "from mlx_synapse import generate, stream_generate, generate_step\n"
         "assert callable(generate) and callable(stream_generate) and callable(generate_step)\n"
         "assert not any(n == 'mlx' or n.startswith('mlx.') for n in sys.modules), 'MLX imported'\n"
@@ -177,3 +181,6 @@ def test_package_generate_is_the_function_however_imported():
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-W", "error", "-m", "mlx_synapse.generate", "--help"],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr

@@ -1,0 +1,212 @@
+"""The personalization benchmark: its fact generator, its answer matcher, and a fast run
+of every phase with a fake model, tokenizer and encoder (the real run is the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from mlx_synapse.benchmarks import personal_facts as pf
+from mlx_synapse.benchmarks import personalization as pz
+
+# ---------------------------------------------------------------- generator
+
+
+def test_build_is_deterministic_and_seeded():
+    assert pf.build(0) == pf.build(0)
+    a, b = pf.build(0), pf.build(1)
+    assert [f.answer for f in a.facts] != [f.answer for f in b.facts]
+    assert a.distractors != b.distractors
+
+
+def test_values_do_not_depend_on_how_many_facts():
+    small, big = pf.build(3, 300), pf.build(3, 1000)
+    assert big.facts[:300] == small.facts
+
+
+def test_counts():
+    data = pf.build(0)
+    assert len(data.facts) >= 300 and len(data.distractors) >= 100
+    assert all(len(f.questions) >= 2 and len(set(f.questions)) == len(f.questions) for f in data.facts)
+    assert len({f.key for f in data.facts}) == len(data.facts)
+    assert len({f.text for f in data.facts}) == len(data.facts)
+    assert len(set(data.distractors)) == len(data.distractors)
+    assert len(pf.build(0, 1000).facts) == 1000
+    assert {"people", "pets", "personal"} <= {f.category for f in data.facts}
+
+
+def test_no_distractor_or_question_gives_an_answer():
+    for seed, n in ((0, 300), (5, 1000)):
+        data = pf.build(seed, n)
+        answers = {f" {pf.normalize(a)} " for f in data.facts for a in f.accepted + f.correction_accepted}
+        for d in data.distractors:
+            padded = f" {pf.normalize(d)} "
+            assert not any(a in padded for a in answers), d
+        for f in data.facts:
+            assert f.answer in f.text and f.correction in f.corrected_text
+            assert pf.normalize(f.answer) != pf.normalize(f.correction)
+            for q in f.questions:
+                assert not pf.matches(q, f.accepted + f.correction_accepted), q
+
+
+def test_values_are_unique_within_a_user():
+    data = pf.build(0, 1000)
+    vals = [pf.normalize(v) for f in data.facts for v in (f.answer, f.correction)]
+    assert len(set(vals)) == len(vals)
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match="n_facts"):
+        pf.build(0, 0)
+    with pytest.raises(ValueError, match="n_questions"):
+        pf.build(0, 10, n_questions=4)
+
+
+# ---------------------------------------------------------------- matcher
+
+
+@pytest.mark.parametrize("reply,accepted,ok", [
+    ("Your dentist is Dr. Okonkwo.", ["Dr. Okonkwo"], True),
+    ("Your dentist is dr okonkwo", ["Dr. Okonkwo"], True),
+    ("Your sister lives in Zürichmere!", ["Zurichmere"], True),
+    ("Her birthday is on March 3rd.", ["3 March", "March 3"], True),
+    ("It is 4,817.", ["4817"], False),  # digits split by a comma are two numbers
+    ("Your locker is 4817.", ["4817"], True),
+    ("Annabel", ["Ann"], False),  # whole words only
+    ("I don't know.", ["Ysolde"], False),
+    ("anything", [""], False),
+])
+def test_matches(reply, accepted, ok):
+    assert pf.matches(reply, accepted) is ok
+
+
+def test_first_sentence_keeps_titles():
+    assert pf.first_sentence("Your dentist is Dr. Brask. He is nice.") == "Your dentist is Dr. Brask."
+    assert pf.first_sentence("No full stop") == "No full stop"
+    assert pf.normalize("Ça  va, 21st") == "ca va 21"
+
+
+def test_variants_cover_date_forms():
+    v = pf.variants("3 March 2019", "date")
+    assert {"March 3 2019", "03/03/2019", "3 of March 2019"} <= set(v)
+    assert pf.matches("She was born on March 3, 2019.", v)
+
+
+# ---------------------------------------------------------------- fake run
+
+
+class FakeEncoder:
+    """Bag of hashed words, unit rows."""
+
+    name, dim = "fake-bow", 64
+
+    def __call__(self, texts):
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in pf.normalize(t).split():
+                out[i, zlib.crc32(w.encode()) % self.dim] += 1
+            out[i] /= max(np.linalg.norm(out[i]), 1e-6)
+        return out
+
+
+class FakeTokenizer:
+    vocab = 128  # ASCII; anything else reads as 127
+
+    def encode(self, text):
+        return [min(ord(c), 127) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+@dataclasses.dataclass
+class FakeWeights:
+    table: np.ndarray
+    layers: list
+
+
+class FakeModel:
+    backend = "numpy"
+
+    def __init__(self):
+        r = np.random.default_rng(0)
+        self.weights = FakeWeights(r.standard_normal((FakeTokenizer.vocab, FakeTokenizer.vocab)).astype(np.float32),
+                                   [r.standard_normal(3).astype(np.float32)])
+
+    def __call__(self, ids):
+        return self.weights.table[np.asarray(ids) % FakeTokenizer.vocab]
+
+
+def fake_reply(prompt: str) -> str:
+    """A 'model' that repeats the memories shown, else shrugs."""
+    m = re.findall(r"Context: (.*?)\n\nQuestion:", prompt, re.S)
+    if len(m) <= 2:  # only the two worked examples, or no context at all
+        return "I don't know."
+    return m[-1]
+
+
+def fake_gen(model, tok, ids, max_tokens):
+    return fake_reply(tok.decode(ids)), 0.001
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    import mlx_synapse.assistant as assistant
+    from mlx_synapse.memory import MemoryBank
+
+    def stream(model, tok, ids, **kw):
+        yield SimpleNamespace(text=fake_reply(tok.decode(ids)), generation_tokens=1, generation_tps=1.0)
+
+    monkeypatch.setattr(assistant, "stream_generate", stream)
+    enc = pz.CachedEncoder(FakeEncoder())
+    banks = iter(range(100))
+    return SimpleNamespace(model=FakeModel(), tok=FakeTokenizer(), enc=enc,
+                           bank=lambda: MemoryBank(tmp_path / f"{next(banks)}.db", encoder=enc, backend="numpy",
+                                                   policy="lru"))
+
+
+def test_fake_run_of_every_phase(fake):
+    fs = pf.build(0, 300, n_distractors=100)
+    a = pz.accuracy_with_without(fake.model, fake.tok, fake.bank(), fs, 2, 30, 0, 8, gen=fake_gen)
+    assert a["n"] == 30 and a["without"] == 0.0
+    assert a["with_"] == pytest.approx(a["in_context"])  # the fake reads perfectly whatever it is shown
+    assert a["with_"] > 0.3
+    b = pz.accuracy_vs_scale(fake.model, fake.tok, fake.bank(), [1, 10], 2, 6, 0, 8, gen=fake_gen)
+    assert [r["n"] for r in b] == [6, 6] and b[0]["users"] == 3
+    c = pz.corrections(fake.model, fake.tok, fake.bank(), fs, 4, 0, 8, gen=fake_gen)
+    assert c["n"] == 4 and 0 <= c["after"] <= 1
+    d = pz.zero_forgetting(fake.model, fake.tok, fake.bank(), 150, 3, 0)
+    assert d["identical"] and d["writes"] == 150 and d["max_score_diff"] == 0.0
+    res = dict(machine=pz.machine(), command="x", model="fake", backend="numpy", max_tokens=8, seed=0, seconds=1.0,
+               a=a, b=b, c=c, d=d, e=pz.latency(a))
+    text = pz.report(res)
+    for head in ("(a) Instant adaptation", "(b) Accuracy vs facts", "(c) Corrections", "(d) Zero forgetting",
+                 "(e) Latency", "Instant Adaptation Score"):
+        assert head in text
+
+
+def test_weights_digest_sees_every_array():
+    m = FakeModel()
+    d0 = pz.weights_digest(m)
+    assert d0["arrays"] == 2 and d0["parameters"] == 128 * 128 + 3
+    m.weights.layers[0][1] += 1e-7
+    assert pz.weights_digest(m)["sha256"] != d0["sha256"]
+
+
+def test_cached_encoder_encodes_queries_afresh():
+    calls = []
+
+    class Counting(FakeEncoder):
+        def __call__(self, texts):
+            calls.append(list(texts))
+            return super().__call__(texts)
+
+    enc = pz.CachedEncoder(Counting())
+    enc(["a b", "c d"])
+    enc(["a b", "c d", "e"])
+    enc(["a b"])
+    assert calls == [["a b", "c d"], ["e"], ["a b"]]

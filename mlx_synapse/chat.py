@@ -42,15 +42,14 @@ def _show_memories(hits, out) -> None:
 def run(args, stdin=None, out=None) -> int:
     from .assistant import Assistant
     from .loader import load
-    from .memory.__main__ import _default_user
-    from .memory.bank import MemoryBank
+    from .memory.bank import MemoryBank, default_user
 
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     interactive = stdin.isatty()
     model, tok = load(args.model, backend=args.backend)
     with MemoryBank(args.db, backend=args.backend) as bank:
-        a = Assistant(model, tok, bank, user=args.user or _default_user(), max_tokens=args.max_tokens,
+        a = Assistant(model, tok, bank, user=args.user or default_user(), max_tokens=args.max_tokens,
                       temp=args.temp, system=args.system, auto_learn=not args.no_learn)
         if interactive:
             print(f"Chatting as {a.user!r} (memory: {bank.path}). {HELP}", file=out)

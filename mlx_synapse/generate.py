@@ -307,11 +307,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         bank = None
         if args.memory is not None:
             from .assistant import Assistant
-            from .memory.__main__ import _default_user
-            from .memory.bank import MemoryBank
+            from .memory.bank import MemoryBank, default_user
 
             bank = MemoryBank(args.memory, backend=args.backend)
-            helper = Assistant(model, tokenizer, bank, user=args.user or _default_user(), system=args.system)
+            helper = Assistant(model, tokenizer, bank, user=args.user or default_user(), system=args.system)
             ids, memories, _ = helper.prepare(prompt.strip())
             if args.verbose:
                 for e, s in memories:

@@ -9,23 +9,11 @@ go to standard error with exit status 2; nothing is written when a command fails
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 from typing import List, Optional
 
 __all__ = ["main"]
-
-
-def _default_user() -> str:
-    env = os.environ.get("MLX_SYNAPSE_USER")
-    if env:
-        return env
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (some containers)
-        return "default"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,9 +114,9 @@ def _print_entries(hits, as_json: bool) -> None:
 
 
 def run(args) -> int:
-    from .bank import MemoryBank
+    from .bank import MemoryBank, default_user
 
-    user = args.user or _default_user()
+    user = args.user or default_user()
     lazy = args.command in ("list", "forget", "stats", "export")
     encoder = None if lazy else _encoder(args.encoder, args.backend)
     surprise = None

@@ -36,6 +36,7 @@ Other processes may write the same file: the bank notices their commits
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import math
 import os
@@ -62,7 +63,7 @@ from .records import _check_str
 from .store import MAX_NAME_BYTES, MemoryStore
 from .surprise import SurpriseGate
 
-__all__ = ["MemoryBank", "Entry", "WriteResult", "default_db_path", "EXPORT_FORMAT"]
+__all__ = ["MemoryBank", "Entry", "WriteResult", "default_db_path", "default_user", "EXPORT_FORMAT"]
 
 EXPORT_FORMAT = "mlx_synapse.memory/1"
 POLICIES = ("learned", "lru", "fifo", "random")
@@ -80,6 +81,17 @@ def default_db_path() -> Path:
         return Path(os.path.expanduser(env))
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "mlx_synapse" / "memory.db"
+
+
+def default_user() -> str:
+    """``$MLX_SYNAPSE_USER``, else the login name, else ``'default'``."""
+    env = os.environ.get("MLX_SYNAPSE_USER")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers)
+        return "default"
 
 
 @dataclass(frozen=True)
@@ -327,14 +339,15 @@ class MemoryBank:
         name = self.encoder.name
         results: List[Optional[WriteResult]] = [None] * len(norm)
         rows, row_of, refresh = [], [], []  # row_of[j] = item index of rows[j]
+        # The nearest stored entry of every text, in one search (the index is unchanged until the
+        # batch is written); near-duplicates within the batch are checked against the rows kept so far.
+        near_ids, near_scores = idx.search(vecs, 1) if len(idx) else (None, None)
         for i, (it, v) in enumerate(zip(norm, vecs)):
             best_id, best = None, -2.0
-            if len(idx):
-                ids, scores = idx.search(v, 1)
-                if len(ids):
-                    best_id, best = int(ids[0]), float(scores[0])
+            if near_ids is not None:
+                best_id, best = int(near_ids[i, 0]), float(near_scores[i, 0])
             if rows:  # near-duplicates within this batch
-                sims = np.stack([r["vector"] for r in rows]).astype(np.float32) @ v
+                sims = vecs[row_of] @ v
                 j = int(np.argmax(sims))
                 if sims[j] > best:
                     best_id, best = -1 - j, float(sims[j])

@@ -15,6 +15,7 @@ have been seen there is nothing to compare with, and every text is let through.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
@@ -22,12 +23,6 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 __all__ = ["SurpriseScorer", "SurpriseGate", "GateDecision"]
-
-
-def _log_softmax_np(logits: np.ndarray) -> np.ndarray:
-    m = logits.max(axis=-1, keepdims=True)
-    z = logits - m
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 class SurpriseScorer:
@@ -45,13 +40,12 @@ class SurpriseScorer:
         self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
         self.backend = getattr(model, "backend", "mlx")
         self._start = _start_id(tokenizer)
+        self._no_specials = {"add_special_tokens": False} if _takes_special(tokenizer) else {}
 
     def _ids(self, text: str) -> list:
         if not isinstance(text, str):
             raise ValueError(f"[memory.surprise] texts must be str but got {type(text).__name__}.")
-        ids = list(self.tokenizer.encode(text, add_special_tokens=False)) if _takes_special(
-            self.tokenizer
-        ) else list(self.tokenizer.encode(text))
+        ids = list(self.tokenizer.encode(text, **self._no_specials))
         if self._start is not None and (not ids or ids[0] != self._start):
             ids = [self._start] + ids
         ids = ids[: self.max_tokens + 1]
@@ -64,8 +58,9 @@ class SurpriseScorer:
 
     def _nll(self, ids: list) -> float:
         if self.backend == "numpy":
-            logits = np.asarray(self.model(np.asarray(ids[:-1], np.int64)), np.float32)
-            lp = _log_softmax_np(logits)
+            from mlx_synapse.backends.numpy.generate import log_softmax
+
+            lp = log_softmax(self.model(np.asarray(ids[:-1], np.int64)))
             return float(-lp[np.arange(len(ids) - 1), ids[1:]].mean())
         import mlx.core as mx
 
@@ -103,8 +98,6 @@ def _start_id(tokenizer) -> Optional[int]:
 
 
 def _takes_special(tokenizer) -> bool:
-    import inspect
-
     try:
         return "add_special_tokens" in inspect.signature(tokenizer.encode).parameters
     except (TypeError, ValueError):

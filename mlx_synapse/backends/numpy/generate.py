@@ -10,10 +10,11 @@ from .sample import make_sampler
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis (float32; the normaliser summed in float64)."""
     x = np.asarray(logits, dtype=np.float32)
-    m = x.max()
-    lse = m + np.log(np.exp(x - m).sum(dtype=np.float64))
-    return (x - np.float32(lse)).astype(np.float32, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    lse = m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True, dtype=np.float64))
+    return (x - lse.astype(np.float32)).astype(np.float32, copy=False)
 
 
 def generate_step(

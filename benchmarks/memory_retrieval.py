@@ -54,9 +54,29 @@ def metrics(r: np.ndarray) -> Dict[str, float]:
     return out
 
 
-def evaluate(data: RetrievalSet, fact_vecs: np.ndarray, query_vecs: np.ndarray) -> Dict:
+def lexical_ranks(data: RetrievalSet, fact_vecs: np.ndarray, query_vecs: np.ndarray, weight: float,
+                  pool: int = 32) -> np.ndarray:
+    """Ranks after ``MemoryBank.search(..., lexical=weight)``'s re-ranking: the top ``pool``
+    facts by cosine re-scored as cosine + weight * word overlap; a target outside the
+    pool keeps its dense rank (>= pool)."""
+    from mlx_synapse.memory.lexical import overlap
+
+    scores = query_vecs.astype(np.float64) @ fact_vecs.astype(np.float64).T
+    out = np.empty(len(data.target), np.int64)
+    for i, (q, t) in enumerate(zip(data.queries, data.target)):
+        top = np.argsort(-scores[i], kind="stable")[:pool]
+        if t not in top:
+            out[i] = int((scores[i] > scores[i, t]).sum())
+            continue
+        mixed = scores[i, top] + weight * overlap(q, [data.facts[j] for j in top])
+        out[i] = int((mixed > mixed[list(top).index(t)]).sum())
+    return out
+
+
+def evaluate(data: RetrievalSet, fact_vecs: np.ndarray, query_vecs: np.ndarray, lexical: float = 0.0) -> Dict:
     """Overall and per-category metrics (with query counts)."""
-    r = ranks(query_vecs, fact_vecs, data.target)
+    r = (lexical_ranks(data, fact_vecs, query_vecs, lexical) if lexical
+         else ranks(query_vecs, fact_vecs, data.target))
     cats = np.asarray(data.category)
     per = {c: {**metrics(r[cats == c]), "n": int((cats == c).sum())} for c in data.categories}
     return {**metrics(r), "n": len(r), "per_category": per}
@@ -106,11 +126,26 @@ class Encoders:
                          "(e.g. hidden:-1, hidden:15).")
 
 
-def run_encoder(encoder, data: RetrievalSet, desc: str) -> Dict:
+def run_encoder(encoder, data: RetrievalSet, desc: str, lexical: Sequence[float] = ()) -> Dict:
     texts = data.facts + data.queries
     vecs, ms = encode_timed(encoder, texts, desc=desc)
     result = evaluate(data, vecs[: len(data.facts)], vecs[len(data.facts) :])
-    return {"name": encoder.name, "dim": int(encoder.dim), "ms_per_text": ms, **result}
+    out = {"name": encoder.name, "dim": int(encoder.dim), "ms_per_text": ms, **result}
+    for w in lexical:
+        out[f"lexical {w:g}"] = evaluate(data, vecs[: len(data.facts)], vecs[len(data.facts) :], w)
+    return out
+
+
+def personal_set(n_facts: int, seed: int = 0) -> RetrievalSet:
+    """The personalization benchmark's facts (+ its 120 distractors) and every question."""
+    from .personal_facts import build as build_personal
+
+    fs = build_personal(seed, n_facts)
+    qs = [(i, q) for i, f in enumerate(fs.facts) for q in f.questions]
+    return RetrievalSet(facts=[f.text for f in fs.facts] + fs.distractors, queries=[q for _, q in qs],
+                        target=[i for i, _ in qs], category=[fs.facts[i].category for i, _ in qs],
+                        family=[fs.facts[i].key for i, _ in qs], answer=[fs.facts[i].answer for i, _ in qs],
+                        distractor=[False] * len(fs.facts) + [True] * len(fs.distractors), seed=seed)
 
 
 def _row(label: str, m: Dict, ms: Optional[float] = None) -> str:
@@ -123,7 +158,9 @@ def _row(label: str, m: Dict, ms: Optional[float] = None) -> str:
 def report(data: RetrievalSet, results: Dict[str, Dict], sweep: List[Dict], header: str) -> str:
     """Markdown tables: overall, per category, and the layer sweep."""
     lines = [header, "", "| encoder | R@1 | R@5 | MRR | ms/text |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [_row(f"`{spec}`", r, r["ms_per_text"]) for spec, r in results.items()]
+    for spec, r in results.items():
+        lines.append(_row(f"`{spec}`", r, r["ms_per_text"]))
+        lines += [_row(f"`{spec}` + {key}", r[key]) for key in r if key.startswith("lexical ")]
     if results:
         specs = list(results)
         lines += ["", "| category | n | " + " | ".join(f"{s} R@1 | {s} R@5" for s in specs) + " |",
@@ -154,6 +191,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="language model for hidden:<layer> (default model)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "mlx", "auto"],
                    help="backend of the language model (default numpy)")
+    p.add_argument("--lexical", type=float, nargs="*", default=[],
+                   help="also rank with MemoryBank.search's lexical re-ranking at these weights (e.g. 0.1 0.2)")
+    p.add_argument("--set", default="retrieval", dest="which",
+                   help="'retrieval' (the paraphrase set) or 'personal:N' (the personalization benchmark's "
+                        "N facts and their questions)")
     p.add_argument("--json", default=None, help="also write all numbers to this file")
     return p
 
@@ -162,7 +204,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = setup_arg_parser().parse_args(argv)
     from .speed import commit, machine
 
-    data = build(args.seed)
+    if args.which.startswith("personal:"):
+        data = personal_set(int(args.which.split(":", 1)[1]), args.seed)
+    elif args.which == "retrieval":
+        data = build(args.seed)
+    else:
+        raise SystemExit(f"error: --set must be 'retrieval' or 'personal:N' but got {args.which!r}.")
     if args.queries is not None:
         data = data.subset(args.queries, seed=args.seed)
     layers = [] if args.sweep.strip().lower() == "none" else [int(x) for x in args.sweep.split(",") if x.strip()]
@@ -172,10 +219,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     by_layer: Dict[int, Dict] = {}  # hidden-state results by block index, shared with the sweep
     for spec in args.encoders:
         enc = encoders.make(spec)
-        results[spec] = run_encoder(enc, data, spec)
+        results[spec] = run_encoder(enc, data, spec, args.lexical)
         if spec.startswith("hidden:"):
             by_layer[enc.layer] = results[spec]
         print(_row(f"`{spec}`", results[spec], results[spec]["ms_per_text"]), flush=True)
+        for w in args.lexical:
+            print(_row(f"`{spec}` + lexical {w:g}", results[spec][f"lexical {w:g}"]), flush=True)
     sweep = []
     for layer in layers:
         enc = encoders.make(f"hidden:{layer}")

@@ -4,10 +4,11 @@ frozen model forgets nothing; and the latency memory adds to a turn.
 
     python -m mlx_synapse.benchmarks.personalization [--facts 300] [--questions-per-fact 2]
         [--ask 100] [--scales 1 10 100 1000] [--scale-questions 20] [--corrections 15]
-        [--hellaswag 100] [--writes 10000] [--max-tokens 24] [--json out.json]
+        [--session-questions 40] [--session-turns 5] [--hellaswag 100] [--writes 10000]
+        [--max-tokens 24] [--k 3] [--margin M] [--lexical W] [--copy-bonus B] [--skip a b c d e f]
+        [--json out.json]
 
-The defaults take ~20 min on a shared 2-core machine; the issue's full sizes
-(``--ask 0 --scale-questions 100 --hellaswag 1000``) take a few hours there.
+The defaults take ~15 min on a 2-core machine; ``--hellaswag 1000`` adds ~20 min.
 
 Facts, questions and distractors come from :mod:`mlx_synapse.benchmarks.personal_facts`
 (seeded). Every turn goes through :class:`mlx_synapse.assistant.Assistant` (greedy,
@@ -28,6 +29,8 @@ against the new value.
 tokens) and HellaSwag accuracy on a seeded sample, with an empty bank and after
 ``--writes`` bank writes: they must be identical, bit for bit.
 (e) latency per turn: retrieval, prompt tokens, time to first token, with and without.
+(f) questions asked five to a session, the earlier turns kept in the prompt as in a
+chat, against (a)'s fresh sessions.
 """
 
 from __future__ import annotations
@@ -103,18 +106,19 @@ class Turn:
     right: bool
     right_first: bool
     in_context: bool
+    shown: int
     retrieval_ms: float
     prompt_tokens: int
     ttft_s: float
     turn_s: float
 
 
-def generate(model, tokenizer, ids, max_tokens: int):
+def generate(model, tokenizer, ids, max_tokens: int, processors=None):
     """Greedy reply to prompt ``ids``: ``(text, time to first token in s)``."""
     from mlx_synapse.generate import stream_generate
 
     text, ttft, t0 = "", None, time.perf_counter()
-    for r in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, temp=0.0):
+    for r in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, temp=0.0, logits_processors=processors):
         if ttft is None:
             ttft = time.perf_counter() - t0
         text += r.text
@@ -128,10 +132,10 @@ def ask(a, question: str, accepted: Sequence[str], fact_text: Optional[str] = No
     mems = a.retrieve(question)
     t1 = time.perf_counter()
     ids = a._prompt_ids(a.build_messages(question, mems))
-    text, ttft = gen(a.model, a.tokenizer, ids, a.max_tokens)
+    text, ttft = gen(a.model, a.tokenizer, ids, a.max_tokens, a.processors(ids, mems))
     t2 = time.perf_counter()
     return Turn(question, text, matches(text, accepted), matches(first_sentence(text), accepted),
-                any(e.text == fact_text for e, _ in mems), (t1 - t0) * 1e3, len(ids), ttft + (t1 - t0), t2 - t0)
+                any(e.text == fact_text for e, _ in mems), len(mems), (t1 - t0) * 1e3, len(ids), ttft + (t1 - t0), t2 - t0)
 
 
 def _rate(xs) -> float:
@@ -154,15 +158,16 @@ def _store(bank, user: str, fs: FactSet, n_facts: int) -> None:
 
 
 def accuracy_with_without(model, tok, bank, fs: FactSet, per_fact: int, n_ask: int, seed: int,
-                          max_tokens: int, gen=generate, examples: int = 6, k: int = 3) -> Dict[str, Any]:
+                          max_tokens: int, gen=generate, examples: int = 6,
+                          opts: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from mlx_synapse.assistant import Assistant
 
     _store(bank, "a-user", fs, len(fs.facts))
     qs = fs.questions(per_fact)
     if n_ask and n_ask < len(qs):
         qs = random.Random(seed).sample(qs, n_ask)
-    with_mem = Assistant(model, tok, bank, user="a-user", max_tokens=max_tokens, k=k, auto_learn=False)
-    without = Assistant(model, tok, bank, user="a-nobody", max_tokens=max_tokens, k=k, auto_learn=False)
+    with_mem = Assistant(model, tok, bank, user="a-user", max_tokens=max_tokens, auto_learn=False, **(opts or {}))
+    without = Assistant(model, tok, bank, user="a-nobody", max_tokens=max_tokens, auto_learn=False, **(opts or {}))
     turns_w, turns_wo = [], []
     for j, (i, q) in enumerate(qs):
         f = fs.facts[i]
@@ -222,7 +227,7 @@ def failure_modes(fs: FactSet, turns: Sequence[Dict[str, Any]]) -> Dict[str, int
 
 
 def accuracy_vs_scale(model, tok, bank, scales: Sequence[int], per_fact: int, n_questions: int, seed: int,
-                      max_tokens: int, gen=generate, k: int = 3) -> List[Dict[str, Any]]:
+                      max_tokens: int, gen=generate, opts: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     from mlx_synapse.assistant import Assistant
 
     rows, top = [], max(scales)
@@ -233,7 +238,7 @@ def accuracy_vs_scale(model, tok, bank, scales: Sequence[int], per_fact: int, n_
             fs = build(seed + 1000 + users, top)
             user = f"scale{s}-{users}"
             _store(bank, user, fs, s)
-            a = Assistant(model, tok, bank, user=user, max_tokens=max_tokens, k=k, auto_learn=False)
+            a = Assistant(model, tok, bank, user=user, max_tokens=max_tokens, auto_learn=False, **(opts or {}))
             qs = [(i, q) for i, f in enumerate(fs.facts[:s]) for q in f.questions[:per_fact]]
             for i, q in r.sample(qs, min(len(qs), n_questions - len(turns))):
                 f = fs.facts[i]
@@ -252,28 +257,29 @@ def accuracy_vs_scale(model, tok, bank, scales: Sequence[int], per_fact: int, n_
 
 
 def corrections(model, tok, bank, fs: FactSet, n: int, seed: int, max_tokens: int, gen=generate,
-                examples: int = 4, k: int = 3) -> Dict[str, Any]:
+                examples: int = 4, opts: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from mlx_synapse.assistant import Assistant
 
     _store(bank, "c-user", fs, len(fs.facts))
-    a = Assistant(model, tok, bank, user="c-user", max_tokens=max_tokens, k=k, auto_learn=True)
+    ids = {e.text: e.id for e in bank.list(user="c-user")}
+    a = Assistant(model, tok, bank, user="c-user", max_tokens=max_tokens, auto_learn=True, **(opts or {}))
     picks = random.Random(f"{seed}:corrections").sample(range(len(fs.facts)), min(n, len(fs.facts)))
     rows = []
     for j, i in enumerate(picks):
         f = fs.facts[i]
         a.reset()
         r1 = a.respond(f.questions[0])  # the turn whose memories the correction refers to
-        target = a.last.memories[0][0] if a.last.memories else None
+        shown = any(e.id == ids[f.text] for e, _ in r1.memories)
         said = f"Actually, it's {f.correction}."
         r2 = a.respond(said)
-        stored = bank.get(target.id, user="c-user").text if target is not None else None
+        stored = bank.get(ids[f.text], user="c-user").text
         after = ask(a, f.questions[1 % len(f.questions)], f.correction_accepted, f.corrected_text, gen)
         rows.append(dict(question=f.questions[0], old=f.answer, new=f.correction, said=said, learned=r2.learned,
-                         right_memory_first=target is not None and target.text == f.text,
-                         stored_after=stored, reply_before=r1.text, right_before=matches(r1.text, f.accepted),
+                         right_memory_first=shown, stored_after=stored, reply_before=r1.text,
+                         right_before=matches(r1.text, f.accepted),
                          question_after=after.question, reply_after=after.reply, right_after=after.right,
                          right_after_first=after.right_first, old_in_reply=matches(after.reply, f.accepted),
-                         stored_has_new=stored is not None and matches(stored, f.correction_accepted)))
+                         stored_has_new=matches(stored, f.correction_accepted) and stored == f.corrected_text))
         if j % 10 == 0:
             log(f"(c) {j + 1}/{len(picks)}: corrected {_rate(r['right_after'] for r in rows):.3f}")
     return dict(
@@ -285,6 +291,34 @@ def corrections(model, tok, bank, fs: FactSet, n: int, seed: int, max_tokens: in
         stored_has_new=_rate(r["stored_has_new"] for r in rows),
         failures=[r for r in rows if not r["right_after"]][:examples], rows=rows,
     )
+
+
+def sessions(model, tok, bank, fs: FactSet, n: int, turns: int, seed: int, max_tokens: int,
+             gen=generate, opts: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """(f) the same kind of questions asked ``turns`` at a time in one session, so the
+    earlier questions and replies are in the prompt (history), against fresh sessions."""
+    from mlx_synapse.assistant import Assistant
+
+    _store(bank, "s-user", fs, len(fs.facts))
+    a = Assistant(model, tok, bank, user="s-user", max_tokens=max_tokens, auto_learn=False, **(opts or {}))
+    qs = random.Random(f"{seed}:sessions").sample(fs.questions(2), min(n, 2 * len(fs.facts)))
+    rows = []
+    for j in range(0, len(qs), turns):
+        a.reset()
+        for pos, (i, q) in enumerate(qs[j:j + turns]):
+            f = fs.facts[i]
+            mems = a.retrieve(q)
+            ids = a._prompt_ids(a.build_messages(q, mems))
+            text, _ = gen(a.model, a.tokenizer, ids, a.max_tokens, a.processors(ids, mems))
+            a.history.append((q, text))
+            rows.append(dict(position=pos, question=q, reply=text, right=matches(text, f.accepted),
+                             in_context=any(e.text == f.text for e, _ in mems), prompt_tokens=len(ids)))
+        log(f"(f) {len(rows)}/{len(qs)}: {_rate(r['right'] for r in rows):.3f}")
+    by_pos = {p: _rate(r["right"] for r in rows if r["position"] == p) for p in range(turns)}
+    return dict(n=len(rows), turns=turns, acc=_rate(r["right"] for r in rows), by_position=by_pos,
+                in_context=_rate(r["in_context"] for r in rows),
+                prompt_tokens=float(np.mean([r["prompt_tokens"] for r in rows])) if rows else 0.0,
+                failures=[r for r in rows if not r["right"]][:4], rows=rows)
 
 
 # ---------------------------------------------------------------- (d) zero forgetting
@@ -435,7 +469,7 @@ def _pct(x) -> str:
 def report(res: Dict[str, Any]) -> str:
     out = [f"## Personalization benchmark\n\nmachine: {res['machine']}\n\ncommand: `{res['command']}`\n",
            f"model: {res['model']} (backend {res['backend']}), greedy, max {res['max_tokens']} tokens, "
-           f"at most {res.get('k', 3)} memories shown; "
+           f"at most {res.get('k', 3)} memories shown, assistant options {res.get('assistant') or 'defaults'}; "
            f"seed {res['seed']}; total {res['seconds']:.0f} s\n"]
     a = res.get("a")
     if a:
@@ -467,12 +501,20 @@ def report(res: Dict[str, Any]) -> str:
     c = res.get("c")
     if c:
         out += ["### (c) Corrections (\"Actually, it's X.\" through respond, asked again in a fresh session)\n",
-                "| n | right before | learn() said 'corrected' | rewrote the right memory | stored text has X "
+                "| n | right before | learn() said 'corrected' | fact was shown | fact now reads exactly with X "
                 "| answer is X after | first sentence | old value still in reply |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- |",
                 f"| {c['n']} | {_pct(c['before'])} | {_pct(c['learned_corrected'])} | "
                 f"{_pct(c['right_memory_first'])} | {_pct(c['stored_has_new'])} | {_pct(c['after'])} | "
                 f"{_pct(c['after_first'])} | {_pct(c['old_in_reply'])} |\n"]
+    f = res.get("f")
+    if f:
+        out += [f"### (f) Questions within one session ({f['turns']} per session, earlier turns in the prompt)\n",
+                "| n | accuracy | fact in context | prompt tokens (mean) | " +
+                " | ".join(f"turn {p + 1}" for p in range(f["turns"])) + " |",
+                "| --- | --- | --- | --- | " + " | ".join("---" for _ in range(f["turns"])) + " |",
+                f"| {f['n']} | {_pct(f['acc'])} | {_pct(f['in_context'])} | {f['prompt_tokens']:.0f} | " +
+                " | ".join(_pct(f["by_position"][p]) for p in range(f["turns"])) + " |\n"]
     d = res.get("d")
     if d:
         b, f = d["before"], d["after"]
@@ -517,7 +559,12 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--writes", type=int, default=10000)
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--k", type=int, default=3, help="at most k memories in the prompt (Assistant's k)")
-    p.add_argument("--skip", nargs="*", default=[], choices=list("abcde"))
+    p.add_argument("--margin", type=float, default=None, help="Assistant's margin (default: its own)")
+    p.add_argument("--lexical", type=float, default=None, help="Assistant's lexical weight (default: its own)")
+    p.add_argument("--copy-bonus", type=float, default=None, help="Assistant's copy bias (default: its own)")
+    p.add_argument("--session-questions", type=int, default=40, help="questions asked in multi-turn sessions (f)")
+    p.add_argument("--session-turns", type=int, default=5)
+    p.add_argument("--skip", nargs="*", default=[], choices=list("abcdef"))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -525,6 +572,8 @@ def main(argv=None) -> Dict[str, Any]:
     from mlx_synapse.memory import MemoryBank
     from mlx_synapse.memory.encoders import MiniLMEncoder
 
+    opts = dict(k=args.k, margin=args.margin, lexical=args.lexical, copy_bonus=args.copy_bonus)
+    opts = {k: v for k, v in opts.items() if v is not None}
     t0 = time.perf_counter()
     model, tok = load(args.model, backend=args.backend)
     enc = CachedEncoder(MiniLMEncoder())
@@ -532,20 +581,24 @@ def main(argv=None) -> Dict[str, Any]:
     res: Dict[str, Any] = dict(machine=machine(), command="python -m mlx_synapse.benchmarks.personalization "
                                + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
                                model=args.model or "SmolLM2-135M-Instruct (default)", backend=model.backend,
-                               max_tokens=args.max_tokens, seed=args.seed, k=args.k)
+                               max_tokens=args.max_tokens, seed=args.seed, k=args.k, assistant=opts)
     with tempfile.TemporaryDirectory() as tmp:
         def fresh(name):
             return MemoryBank(Path(tmp) / f"{name}.db", encoder=enc, backend="numpy", policy="lru")
 
         if "a" not in args.skip:
             res["a"] = accuracy_with_without(model, tok, fresh("a"), fs, args.questions_per_fact, args.ask,
-                                             args.seed, args.max_tokens, k=args.k)
+                                             args.seed, args.max_tokens, opts=opts)
             res["e"] = latency(res["a"])
         if "b" not in args.skip and args.scales:
             res["b"] = accuracy_vs_scale(model, tok, fresh("b"), args.scales, args.questions_per_fact,
-                                         args.scale_questions, args.seed, args.max_tokens, k=args.k)
+                                         args.scale_questions, args.seed, args.max_tokens, opts=opts)
         if "c" not in args.skip and args.corrections:
-            res["c"] = corrections(model, tok, fresh("c"), fs, args.corrections, args.seed, args.max_tokens, k=args.k)
+            res["c"] = corrections(model, tok, fresh("c"), fs, args.corrections, args.seed, args.max_tokens,
+                                   opts=opts)
+        if "f" not in args.skip and args.session_questions:
+            res["f"] = sessions(model, tok, fresh("f"), fs, args.session_questions, args.session_turns, args.seed,
+                                args.max_tokens, opts=opts)
         if "d" not in args.skip:
             res["d"] = zero_forgetting(model, tok, fresh("d"), args.writes, args.hellaswag, args.seed)
     res["seconds"] = time.perf_counter() - t0

@@ -153,7 +153,9 @@ def stream_generate(
 ) -> Generator[GenerationResponse, None, None]:
     """Stream the completion of ``prompt`` (text or token ids) piece by piece.
 
-    Sampling options build the backend's sampler unless ``sampler`` is given.
+    Sampling options build the backend's sampler unless ``sampler`` is given;
+    ``logits_processors`` (``(tokens so far, logits) -> logits``) run before the
+    repetition penalty.
     Other keyword arguments go to the backend's ``generate_step``
     (``max_kv_size``, ``kv_bits``, ``prefill_step_size``, ``prompt_cache``).
     """
@@ -166,8 +168,8 @@ def stream_generate(
         if kwargs.pop("kv_bits", None) is not None:
             raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
         sampler = sampler or np_sample.make_sampler(temp, top_p, min_p, top_k, seed=seed)
-        if logits_processors is None:
-            logits_processors = np_sample.make_logits_processors(repetition_penalty, repetition_context_size)
+        logits_processors = list(logits_processors or []) + np_sample.make_logits_processors(
+            repetition_penalty, repetition_context_size)
         steps = np_gen.generate_step(
             ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=logits_processors, **kwargs
         )
@@ -181,8 +183,8 @@ def stream_generate(
             mx.random.seed(seed)
         mx.reset_peak_memory()
         sampler = sampler or sample.make_sampler(temp, top_p, min_p, top_k)
-        if logits_processors is None:
-            logits_processors = sample.make_logits_processors(repetition_penalty, repetition_context_size)
+        logits_processors = list(logits_processors or []) + sample.make_logits_processors(
+            repetition_penalty, repetition_context_size)
         steps = generate_step(
             mx.array(ids, mx.uint32), model, max_tokens=max_tokens, sampler=sampler,
             logits_processors=logits_processors, **kwargs,
@@ -312,11 +314,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             bank = MemoryBank(args.memory, backend=args.backend)
             helper = Assistant(model, tokenizer, bank, user=args.user or default_user(), system=args.system)
             ids, memories, _ = helper.prepare(prompt.strip())
+            processors = helper.processors(ids, memories)
             if args.verbose:
                 for e, s in memories:
                     print(f"[memory {s:.3f}] {e.text}", file=sys.stderr)
         else:
             ids = build_prompt(tokenizer, prompt, args.system, not args.no_chat_template)
+            processors = None
         if args.verbose:
             print(f"[backend: {model.backend}; model: {model.model_path}]", file=sys.stderr)
             print(tokenizer.decode(ids), file=sys.stderr)
@@ -325,7 +329,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             model, tokenizer, ids, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
             min_p=args.min_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
             repetition_context_size=args.repetition_context_size, seed=args.seed,
-            max_kv_size=args.max_kv_size, kv_bits=args.kv_bits,
+            max_kv_size=args.max_kv_size, kv_bits=args.kv_bits, logits_processors=processors,
         ):
             print(last.text, end="", flush=True)
         print()

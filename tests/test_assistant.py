@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mlx_synapse.assistant import EXAMPLES, Assistant, Reply, is_question
+from mlx_synapse.assistant import EXAMPLES, N_EXAMPLES, Assistant, Reply, is_question
 from mlx_synapse.memory.bank import MemoryBank
 
 from .conftest import _or_skip
@@ -76,7 +76,7 @@ def test_prompt_has_examples_only_with_memories_and_the_best_last(assistant):
     plain = a.build_messages("hello there", [])
     assert plain == [{"role": "user", "content": "hello there"}]
     msgs = a.build_messages("what is my dog called?", [(bank.get(i), 0.8), (bank.get(j), 0.5)])
-    assert len(msgs) == 2 * len(EXAMPLES) + 1
+    assert len(msgs) == 2 * N_EXAMPLES + 1
     assert msgs[-1]["content"] == ("Context: My cat is called Miso. My dog is called Pickle.\n\n"
                                    "Question: what is my dog called?")
     # history is kept newest first within the token budget
@@ -185,3 +185,42 @@ def test_interactive_chat_in_a_pseudo_terminal(tmp_path, smollm2_dir):
     second = _pty_session(argv, env, ["Which tree do I like most?", "/why"])
     answer = second.split("Which tree do I like most?", 1)[1]
     assert "rowan" in answer.lower(), second
+
+
+def test_worked_examples_follow_the_memory_shape(assistant):
+    a = assistant
+    i = a.remember("I was born in Lyon.")
+    ex = a.examples_for("I was born in Lyon.")
+    assert len(ex) == N_EXAMPLES and ex[-1][0] == "I was born in Port Ellery."  # the closest goes last
+    msgs = a.build_messages("where was I born?", [(a.memory.get(i), 0.9)])
+    assert msgs[-3]["content"] == "Context: I was born in Port Ellery.\n\nQuestion: Where was I born?"
+    assert a.examples_for("My aunt's cat is named Tom.")[-1][0] == "My aunt's cat is named Biscuit."
+    a.memory, saved = object(), a.memory  # no encoder to compare with: the first examples
+    a._example_vecs = None
+    try:
+        assert a.examples_for("anything") == list(EXAMPLES[:N_EXAMPLES])[::-1]
+    finally:
+        a.memory = saved
+
+
+def test_correction_picks_the_memory_the_reply_repeated(assistant):
+    bank = assistant.memory
+    i = assistant.remember("My sister's name is Ana.")
+    j = assistant.remember("My sister's dog is called Rex.")
+    assistant.history = [("what is my sister's dog called?", "Your sister's dog is called Rex.")]
+    assistant.last = Reply("Your sister's dog is called Rex.", [(bank.get(i), 0.8), (bank.get(j), 0.79)])
+    assert assistant.learn("Actually, it's Fido, not Rex.") == "corrected"
+    assert bank.get(j).text == "My sister's dog is called Fido."
+    assert bank.get(i).text == "My sister's name is Ana."
+
+
+def test_not_every_no_is_a_correction(assistant):
+    bank = assistant.memory
+    i = assistant.remember("My sister's name is Ana.")
+    assistant.last = Reply("Your sister's name is Ana.", [(bank.get(i), 0.9)])
+    assistant.learn("No, it's fine.")
+    assert bank.get(i).text == "My sister's name is Ana."
+    assert assistant.learn("No, my brother's name is Tom.") == "added"  # another fact: kept apart
+    assert bank.get(i).text == "My sister's name is Ana."
+    assert assistant.learn("No, my sister's name is Anna.") == "corrected"
+    assert bank.get(i).text == "my sister's name is Anna."

@@ -238,3 +238,29 @@ def test_minilm_retrieval_quality(minilm_dir):
     assert result["recall@5"] > 0.68
     assert result["recall@1"] > 0.43
     assert result["recall@1"] <= result["recall@5"]
+
+
+def test_lexical_ranks_match_a_brute_force_rerank():
+    """``lexical_ranks`` equals re-scoring the dense pool by hand; weight 0 is the dense rank."""
+    from mlx_synapse.benchmarks.memory_retrieval import lexical_ranks, personal_set
+    from mlx_synapse.memory.lexical import overlap
+
+    data = personal_set(40)
+    assert len(data.facts) == 40 + 120 and len(data.queries) == 120
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((len(data.facts), 16))
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    q = f[data.target] + 0.9 * rng.standard_normal((len(data.queries), 16))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    dense = ranks(q, f, data.target)
+    assert np.array_equal(lexical_ranks(data, f, q, 0.0, pool=len(data.facts)), dense)
+    got = lexical_ranks(data, f, q, 0.3, pool=8)
+    for i in range(0, len(data.queries), 7):
+        s = f @ q[i]
+        top = np.argsort(-s, kind="stable")[:8]
+        t = data.target[i]
+        if t in top:
+            mixed = s[top] + 0.3 * overlap(data.queries[i], [data.facts[j] for j in top])
+            assert got[i] == (mixed > mixed[list(top).index(t)]).sum() < 8
+        else:
+            assert got[i] == dense[i] >= 8

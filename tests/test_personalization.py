@@ -149,7 +149,7 @@ def fake_reply(prompt: str) -> str:
     return m[-1]
 
 
-def fake_gen(model, tok, ids, max_tokens):
+def fake_gen(model, tok, ids, max_tokens, processors=None):
     return fake_reply(tok.decode(ids)), 0.001
 
 
@@ -179,13 +179,16 @@ def test_fake_run_of_every_phase(fake):
     assert [r["n"] for r in b] == [6, 6] and b[0]["users"] == 3
     c = pz.corrections(fake.model, fake.tok, fake.bank(), fs, 4, 0, 8, gen=fake_gen)
     assert c["n"] == 4 and 0 <= c["after"] <= 1
+    f = pz.sessions(fake.model, fake.tok, fake.bank(), fs, 10, 5, 0, 8, gen=fake_gen)
+    assert f["n"] == 10 and set(f["by_position"]) == set(range(5))
+    assert f["acc"] == pytest.approx(f["in_context"])
     d = pz.zero_forgetting(fake.model, fake.tok, fake.bank(), 150, 3, 0)
     assert d["identical"] and d["writes"] == 150 and d["max_score_diff"] == 0.0
     res = dict(machine=pz.machine(), command="x", model="fake", backend="numpy", max_tokens=8, seed=0, seconds=1.0,
-               a=a, b=b, c=c, d=d, e=pz.latency(a))
+               a=a, b=b, c=c, d=d, e=pz.latency(a), f=f)
     text = pz.report(res)
     for head in ("(a) Instant adaptation", "(b) Accuracy vs facts", "(c) Corrections", "(d) Zero forgetting",
-                 "(e) Latency", "Instant Adaptation Score"):
+                 "(e) Latency", "(f) Questions within one session", "Instant Adaptation Score"):
         assert head in text
 
 

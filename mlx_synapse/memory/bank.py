@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .index import VectorIndex
+from .lexical import overlap
 from .policy import (
     EntryStats,
     FIFOPolicy,
@@ -406,14 +407,24 @@ class MemoryBank:
         user: str,
         min_score: Optional[float] = None,
         touch: bool = True,
+        lexical: float = 0.0,
     ) -> List[Tuple[Entry, float]]:
         """The ``k`` entries of ``user`` closest to ``query`` (a text, or a vector in the
         encoder's space) by cosine, best first, as ``(Entry, score)``; only scores >=
         ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``)
-        unless ``touch=False``. Cold entries (no vector) are not searched."""
+        unless ``touch=False``. Cold entries (no vector) are not searched.
+
+        ``lexical=w > 0`` (text queries only) re-ranks a pool of at least 32 dense
+        candidates by ``cosine + w * overlap`` (:func:`mlx_synapse.memory.lexical.overlap`:
+        the IDF-weighted share of the query's content words a memory contains), and
+        that sum is the score returned and compared with ``min_score``."""
         user = _check_user(user)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise _err(f"k must be an int >= 1 but got {k!r}.")
+        if not (isinstance(lexical, (int, float)) and math.isfinite(lexical) and lexical >= 0):
+            raise _err(f"lexical must be a finite number >= 0 but got {lexical!r}.")
+        if lexical and not isinstance(query, str):
+            raise _err("lexical re-ranking needs the query's text, not a vector.")
         if isinstance(query, str):
             self._check_text(query)
             q = self._embed([query])[0]
@@ -429,7 +440,8 @@ class MemoryBank:
         idx = self._index(user)
         if not len(idx):
             return []
-        ids, _ = idx.search(q, min(len(idx), max(2 * k, k + 8)))
+        pool = max(2 * k, k + 8, 32 if lexical else 0)
+        ids, _ = idx.search(q, min(len(idx), pool))
         hits = []
         for row in self.store.get_many(ids):
             if row["user"] != user or row["vector"] is None:
@@ -439,6 +451,9 @@ class MemoryBank:
             n = float(np.linalg.norm(vf))
             score = float(vf @ q) / n if n > 0 else 0.0
             hits.append((Entry._of(row), score))
+        if lexical and hits:
+            bonus = overlap(query, [e.text for e, _ in hits])
+            hits = [(e, s + lexical * float(b)) for (e, s), b in zip(hits, bonus)]
         hits.sort(key=lambda h: (-h[1], h[0].id))
         if min_score is not None:
             hits = [h for h in hits if h[1] >= min_score]

@@ -116,10 +116,12 @@ def replace_value(memory: str, value: str, reply: str = "", question: str = "") 
         return None, 0.0
     said = {_norm(w) for w in reply.split()}
     asked = terms(question)
-    want = [_shape(w) for w in new]
+    article = new[0].lower() in ("the", "a", "an") and len(new) > 1
+    bare = new[1:] if article else new  # spans never start with "the"; compare without it
+    want = [_shape(w) for w in bare]
     best, best_score = None, 0.0
     for i in range(len(words)):
-        for j in range(i + 1, min(len(words), i + max(6, len(new) + 3)) + 1):
+        for j in range(i + 1, min(len(words), i + max(6, len(bare) + 3)) + 1):
             span = words[i:j]
             core = [_norm(w) for w in span]
             if not core[0] or not core[-1] or core[0] in STOPWORDS or core[-1] in STOPWORDS:
@@ -131,15 +133,15 @@ def replace_value(memory: str, value: str, reply: str = "", question: str = "") 
                 score += 4.0
             if all(c in said for c in core):
                 score += 2.0
-            if len(span) == len(new):
+            if len(span) == len(bare):
                 score += 1.0
-            score += 0.5 * j / len(words)
+            score += 0.5 * j / len(words) - 0.01 * len(span)  # later, then shorter, wins a tie
             if score >= 2.0 and score > best_score:
                 best, best_score = (i, j), score
     if best is None:
         return None, 0.0
     i, j = best
-    if new[0].lower() in ("the", "a", "an") and i > 0 and words[i - 1].lower() == new[0].lower():
+    if article and i > 0 and words[i - 1].lower() == new[0].lower():
         i -= 1  # "The Copper Kettles" replaces "The Gloaming Hares", not "Gloaming Hares"
     tail = words[j - 1][len(words[j - 1].rstrip(_EDGE)):]  # keep the sentence's punctuation
     return " ".join(words[:i] + [" ".join(new) + tail] + words[j:]), best_score

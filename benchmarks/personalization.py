@@ -125,15 +125,20 @@ def generate(model, tokenizer, ids, max_tokens: int, processors=None):
     return text.strip(), (ttft or 0.0)
 
 
-def ask(a, question: str, accepted: Sequence[str], fact_text: Optional[str] = None, gen=generate) -> Turn:
-    """One fresh-session turn of assistant ``a`` (no learning), timed piece by piece."""
-    a.reset()
+def ask(a, question: str, accepted: Sequence[str], fact_text: Optional[str] = None, gen=generate,
+        fresh: bool = True) -> Turn:
+    """One turn of assistant ``a`` (no learning), timed piece by piece: in a fresh session,
+    or (``fresh=False``) after the session's earlier turns, this one then added to them."""
+    if fresh:
+        a.reset()
     t0 = time.perf_counter()
     mems = a.retrieve(question)
     t1 = time.perf_counter()
     ids = a._prompt_ids(a.build_messages(question, mems))
     text, ttft = gen(a.model, a.tokenizer, ids, a.max_tokens, a.processors(ids, mems))
     t2 = time.perf_counter()
+    if not fresh:
+        a.history.append((question, text))
     return Turn(question, text, matches(text, accepted), matches(first_sentence(text), accepted),
                 any(e.text == fact_text for e, _ in mems), len(mems), (t1 - t0) * 1e3, len(ids), ttft + (t1 - t0), t2 - t0)
 
@@ -307,12 +312,9 @@ def sessions(model, tok, bank, fs: FactSet, n: int, turns: int, seed: int, max_t
         a.reset()
         for pos, (i, q) in enumerate(qs[j:j + turns]):
             f = fs.facts[i]
-            mems = a.retrieve(q)
-            ids = a._prompt_ids(a.build_messages(q, mems))
-            text, _ = gen(a.model, a.tokenizer, ids, a.max_tokens, a.processors(ids, mems))
-            a.history.append((q, text))
-            rows.append(dict(position=pos, question=q, reply=text, right=matches(text, f.accepted),
-                             in_context=any(e.text == f.text for e, _ in mems), prompt_tokens=len(ids)))
+            t = ask(a, q, f.accepted, f.text, gen, fresh=False)
+            rows.append(dict(position=pos, question=q, reply=t.reply, right=t.right, in_context=t.in_context,
+                             prompt_tokens=t.prompt_tokens))
         log(f"(f) {len(rows)}/{len(qs)}: {_rate(r['right'] for r in rows):.3f}")
     by_pos = {p: _rate(r["right"] for r in rows if r["position"] == p) for p in range(turns)}
     return dict(n=len(rows), turns=turns, acc=_rate(r["right"] for r in rows), by_position=by_pos,

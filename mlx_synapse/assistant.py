@@ -78,8 +78,8 @@ _NOT_CLAUSE = re.compile(r"[,;]?\s*(?:not|rather than|instead of)\b.*$", re.I | 
 _VALUE_AFTER = frozenset("is are was were am called named in on at".split())
 _EDGE = ".,!?;:\"'()[]"
 # "No, it's fine." is not a correction.
-_NOT_VALUES = frozenset("fine ok okay alright good great nothing nevermind whatever right correct true wrong "
-                        "false ok then fine thanks all right no problem not important".split())
+_NOT_VALUES = frozenset("fine ok okay alright all right good great nothing nevermind whatever correct true "
+                        "wrong false then thanks no problem not important".split())
 
 
 def is_question(text: str) -> bool:
@@ -262,7 +262,7 @@ class Assistant:
         """Put ``value`` in place of the old value in the memory the last reply used."""
         question = self.history[-1][0] if self.history else ""
         best = None
-        for rank, (e, _) in enumerate(self.last.memories):
+        for e, _ in self.last.memories:
             new, sure = replace_value(e.text, value, self.last.text, question)
             if new is not None and (best is None or sure > best[0]):
                 best = (sure, e, new)
@@ -310,7 +310,7 @@ class Assistant:
                 self._example_vecs = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
             m = np.asarray(enc([memory]), np.float32)[0]
             order = np.argsort(-(self._example_vecs @ m), kind="stable")[:N_EXAMPLES]
-        except (TypeError, ValueError, AttributeError):  # no usable encoder that cannot embed these texts: fixed examples
+        except (TypeError, ValueError, AttributeError):  # no usable encoder: the fixed examples
             order = np.arange(N_EXAMPLES)
         return [EXAMPLES[i] for i in order[::-1]]
 

@@ -503,3 +503,17 @@ def test_bank_replay_matches_the_eviction_simulation(tmp_path):
     for name in ("none", "fifo", "lru"):
         assert real["results"][name] == pytest.approx(sim["results"][name], abs=1e-9), name
     assert real["results"]["learned"][0] > real["results"]["fifo"][0]
+
+
+def test_a_text_searched_then_written_is_embedded_once(tmp_path):
+    enc = BagOfWords()
+    with MemoryBank(tmp_path / "m.db", enc, backend="numpy") as b:
+        b.add("my dog is called rex", user="u", force=True)
+        n = enc.calls
+        b.search("my cat is called miso", 3, user="u")
+        b.add("my cat is called miso", user="u", force=True)  # same text: the vector is reused
+        assert enc.calls == n + 1
+        hits = b.search("my cat is called miso", 1, user="u")
+        assert hits[0][0].text == "my cat is called miso" and hits[0][1] == pytest.approx(1.0, abs=1e-2)
+        b.forget(hits[0][0].id)  # forget drops the cached vectors too
+        assert not b._recent

@@ -42,6 +42,7 @@ import math
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -71,6 +72,7 @@ POLICIES = ("learned", "lru", "fifo", "random")
 LOW_WATER = 0.9  # eviction brings the bank down to this fraction of its budget
 _GATE_KEY = "gate:"
 _MODEL_KEY = "retention_model"
+_RECENT_TEXTS = 8  # single-text embeddings kept for reuse (see MemoryBank._embed)
 _UNSET: Any = object()
 
 
@@ -198,6 +200,9 @@ class MemoryBank:
         self.path = Path(os.path.expanduser(os.fspath(path))) if path is not None else default_db_path()
         self.store = MemoryStore(self.path, timeout=timeout)
         self._encoder = encoder
+        # The last few single texts embedded: a chat turn searches with the message, checks
+        # it against known facts and writes it, all with one encoding. Cleared by forget.
+        self._recent: "OrderedDict[Tuple[str, str], np.ndarray]" = OrderedDict()
         self.budget_bytes = None if budget_mb is None else int(budget_mb * 2**20)
         self.surprise = surprise
         self.gamma, self.warmup = float(gamma), warmup
@@ -220,11 +225,19 @@ class MemoryBank:
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         enc = self.encoder
+        key = (enc.name, texts[0]) if len(texts) == 1 else None
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key][None].copy()
         v = np.asarray(enc(list(texts)), np.float32)
         if v.shape != (len(texts), enc.dim):
             raise _err(f"encoder {enc.name!r} returned shape {v.shape}, expected {(len(texts), enc.dim)}.")
         if not np.isfinite(v).all():
             raise _err(f"encoder {enc.name!r} returned a NaN or infinite value.")
+        if key is not None:
+            self._recent[key] = v[0].copy()
+            while len(self._recent) > _RECENT_TEXTS:
+                self._recent.popitem(last=False)
         return v
 
     def _sync(self) -> None:
@@ -546,6 +559,7 @@ class MemoryBank:
             ids = [row["id"] for row in self.store.iter_entries(user) if match(Entry._of(row))]
             n = self.store.delete(ids)
         self._indexes.clear()
+        self._recent.clear()
         self._bytes = None
         self.store.checkpoint()
         self._dv = self.store.data_version()

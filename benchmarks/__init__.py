@@ -1,1 +1,1 @@
-"""Benchmarks against named peers; ``python -m mlx_synapse.benchmarks.speed``."""
+"""Benchmarks against named peers; ``python -m mlx_synapse.bench`` runs the suite (``suite.py``)."""

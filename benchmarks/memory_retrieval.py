@@ -202,7 +202,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = setup_arg_parser().parse_args(argv)
-    from .speed import commit, machine
+    from .common import commit, machine
 
     if args.which.startswith("personal:"):
         data = personal_set(int(args.which.split(":", 1)[1]), args.seed)

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .speed import commit, machine
+from .common import commit, machine
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .speed import commit, machine
+from .common import commit, machine
 
 WORDS = (
     "morning coffee sister porto garden cat doctor tuesday meeting project budget flight "

@@ -10,6 +10,7 @@ COMMANDS = {
     "convert": "mlx_synapse.convert.__main__",
     "memory": "mlx_synapse.memory.__main__",
     "chat": "mlx_synapse.chat",
+    "bench": "mlx_synapse.bench",
 }
 
 

@@ -51,16 +51,19 @@ def plot_thermal(report: dict, path: Path) -> Path:
     t = th["thermal"]
     mid = [(w["start_s"] + w["end_s"]) / 2 for w in t["windows"]]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(mid, [w["tps"] for w in t["windows"]], "o-", color="tab:blue", label="tokens/s")
+    tps = [w["tps"] for w in t["windows"]]
+    lines = ax.plot(mid, tps, "o-", color="tab:blue", label="generation tokens/s")
     ax.set_xlabel("seconds")
     ax.set_ylabel("generation tokens/s")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.3 * max(tps))
     if all("watts" in w for w in t["windows"]):
         ax2 = ax.twinx()
-        ax2.plot(mid, [w["watts"] for w in t["windows"]], "s--", color="tab:red", label="watts")
+        watts = [w["watts"] for w in t["windows"]]
         est = "" if (th.get("meter") or {}).get("measured") else " (estimate)"
+        lines += ax2.plot(mid, watts, "s--", color="tab:red", label=f"watts{est}")
         ax2.set_ylabel(f"watts{est}")
-        ax2.set_ylim(bottom=0)
+        ax2.set_ylim(0, 1.3 * max(watts))
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower right", fontsize=8)
     v = t["verdict"]
     ax.set_title(f"{th['runner']} ({th['form']}): last vs first window {-v['drop_pct']:+.1f}% tokens/s, "
                  f"throttled: {v['throttled']}", fontsize=9)

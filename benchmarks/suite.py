@@ -238,19 +238,35 @@ def _summary(result: dict) -> list:
     return rows
 
 
+REFERENCE_ORDER = ("numpy", "torch-cpu", "torch")  # float32 / exact dequantized weights first
+
+
 def agreement(rows: list) -> None:
     """Set each row's ``agree``: the share of its greedy tokens, up to the first difference, that
-    equal the first runner's on the same weights and prompt (a check that all ran the same model)."""
-    first: dict = {}
+    equal the reference runner's on the same weights and prompt (the NumPy tier where it ran:
+    float32 on the exact dequantized weights; else PyTorch; else the first runner)."""
+    refs: dict = {}
     for row in rows:
-        ref = first.setdefault((row["form"], row["prompt_tokens"]), (row["runner"], row["tokens"]))
+        key = (row["form"], row["prompt_tokens"])
+        rank = REFERENCE_ORDER.index(row["runner"]) if row["runner"] in REFERENCE_ORDER else len(REFERENCE_ORDER)
+        if key not in refs or rank < refs[key][0]:
+            refs[key] = (rank, row["runner"], row["tokens"])
+    for row in rows:
+        _, name, ref = refs[(row["form"], row["prompt_tokens"])]
         same = 0
-        for a, b in zip(row["tokens"], ref[1]):
+        for a, b in zip(row["tokens"], ref):
             if a != b:
                 break
             same += 1
-        row["agree"] = same / max(len(ref[1]), 1)
-        row["agree_with"] = ref[0]
+        row["agree"] = same / max(len(ref), 1)
+        row["agree_with"] = name
+
+
+def summarize(report: dict) -> None:
+    """(Re)compute the summary rows, token agreement and ratios from the raw results."""
+    report["summary"] = [row for r in report["results"] for row in _summary(r)]
+    agreement(report["summary"])
+    report["ratios"] = ratios(report["summary"])
 
 
 def _spawn(spec: dict, timeout: float, env: dict) -> dict:
@@ -453,12 +469,25 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one runner may take before it is stopped")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for bench.json and the plots")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--report", metavar="JSON", default=None,
+                   help="print the tables (and redraw the plots into --out) of a saved bench.json; run nothing")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
         spec = json.loads(Path(args.worker[0]).read_text())
         Path(args.worker[1]).write_text(json.dumps(run_worker(spec)))
+        return 0
+
+    if args.report:
+        try:
+            report = json.loads(Path(args.report).read_text())
+        except (OSError, ValueError) as e:
+            p.error(f"--report {args.report}: not a readable bench.json ({e})")
+        summarize(report)
+        print_tables(report)
+        if not args.no_plots:
+            _plots(report, Path(args.out))
         return 0
 
     try:
@@ -526,11 +555,8 @@ def main(argv: Optional[list] = None) -> int:
                 print(f"[bench] {form} {name}" + (f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""),
                       file=sys.stderr, flush=True)
                 merged[name] = merge_rounds(merged.get(name), _spawn(spec, args.timeout, env), rnd)
-        for result in merged.values():
-            report["results"].append(result)
-            report["summary"] += _summary(result)
-    agreement(report["summary"])
-    report["ratios"] = ratios(report["summary"])
+        report["results"] += merged.values()
+    summarize(report)
 
     if args.thermal_seconds > 0:
         ours = [r for r in report["summary"] if r["runner"] in R.TIERS and r["gen_tps"]]
@@ -551,15 +577,22 @@ def main(argv: Optional[list] = None) -> int:
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     print_tables(report)
     if not args.no_plots:
-        try:
-            from .plots import plot_report
-
-            for path in plot_report(report, out):
-                print(f"wrote {path}")
-        except ImportError:
-            print("plots skipped: matplotlib is not installed (pip install matplotlib)")
+        _plots(report, out)
     print(f"wrote {out / 'bench.json'}")
     return 0
+
+
+def _plots(report: dict, out: Path) -> None:
+    from .plots import plot_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        paths = plot_report(report, out)
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install matplotlib)")
+        return
+    for path in paths:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ def test_summary_takes_medians_and_ratios_pair_tiers_with_peers():
     assert rows[0]["ttft_s"] == pytest.approx(16 / 200)
     suite.agreement(rows)
     assert rows[0]["agree"] == 1.0 and rows[1]["agree"] == pytest.approx(2 / 5) and rows[1]["agree_with"] == "numpy"
+    flipped = [dict(rows[1]), dict(rows[0])]  # the NumPy tier is the reference wherever it is listed
+    suite.agreement(flipped)
+    assert [row["agree_with"] for row in flipped] == ["numpy", "numpy"] and flipped[1]["agree"] == 1.0
     (r,) = suite.ratios(rows)
     assert (r["tier"], r["peer"]) == ("numpy", "llama.cpp")
     assert r["prompt_tps"] == pytest.approx(4.0) and r["gen_tps"] == pytest.approx(0.5)
@@ -96,14 +99,14 @@ def test_bench_runs_tiers_and_peers_on_the_default_model(tmp_path, smollm2_dir):
     out = tmp_path / "out"
     peers = "torch-cpu" + (",llama.cpp-1t" if R.package_of("llama.cpp") and suite._available("llama.cpp") is None
                            else "")
-    rc = suite.main(["--tiers", "numpy,single-thread", "--peers", peers, "--prompt-tokens", "12,20",
+    rc = suite.main(["--tiers", "numpy,single-thread,mlx-cpu", "--peers", peers, "--prompt-tokens", "12,20",
                      "--gen-tokens", "5", "--trials", "2", "--energy", "estimate", "--watts", "10",
                      "--thermal-seconds", "2", "--thermal-window", "1", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "bench.json").read_text())
     assert not [r for r in report["results"] if "error" in r], report["results"]
     names = [r["runner"] for r in report["results"]]
-    assert names[:3] == ["numpy", "single-thread", "torch-cpu"]
+    assert names[:4] == ["numpy", "single-thread", "mlx-cpu", "torch-cpu"]
     for r in report["results"]:
         assert len(r["trials"]) == 4 and {t["prompt_tokens"] for t in r["trials"]} == {12, 20}
         assert r["meter"]["measured"] is False and "estimate" in r["meter"]["label"]
@@ -117,13 +120,15 @@ def test_bench_runs_tiers_and_peers_on_the_default_model(tmp_path, smollm2_dir):
     assert single["info"]["threads"] == 1
     if hasattr(os, "sched_setaffinity"):
         assert single["info"]["pinned_cpu"] is not None
+    mlx_run = next(r for r in report["results"] if r["runner"] == "mlx-cpu")
+    assert 200e6 < mlx_run["trials"][0]["peak_bytes"] < 1e9  # MLX's own peak: bfloat16 weights + activations
     numpy_run = next(r for r in report["results"] if r["runner"] == "numpy")
     assert numpy_run["trials"][0]["peak_bytes"] > 500e6  # float32 weights of a 135M model
     # Same weights, same prompt, greedy: every runner generates the same tokens.
     assert all(row["agree"] == 1.0 for row in report["summary"])
     assert {(r["tier"], r["peer"]) for r in report["ratios"]} >= {("numpy", "torch-cpu"), ("single-thread", "torch-cpu")}
     th = report["thermal"]
-    assert th["runner"] in ("numpy", "single-thread")
+    assert th["runner"] in ("numpy", "single-thread", "mlx-cpu")
     windows = th["thermal"]["windows"]
     assert len(windows) == 2 and all(w["tokens"] > 0 and w["watts"] == pytest.approx(10.0) for w in windows)
     assert "drop_pct" in th["thermal"]["verdict"]
@@ -180,3 +185,22 @@ def test_speed_splits_energy_at_the_first_token_and_measures_prefill_back_to_bac
     assert [r["j_per_prompt_token"] for r in rows] == [p["j_per_prompt_token"] for p in prefill]
     gen_j = sum(t["energy"]["gen_j"] for t in trials[:2]) / 6
     assert rows[0]["j_per_gen_token"] == pytest.approx(gen_j)
+
+
+def test_report_reprints_a_saved_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    ours = _result("numpy", "q4", [100, 120], [30, 31], [1, 2], energy=(0.01, 0.5))
+    peer = _result("torch-cpu", "q4", [90, 95], [10, 11], [1, 2])
+    report = {"machine": "m", "commit": "c", "args": {"gen_tokens": 5, "trials": 2, "warmup": 1, "rounds": 1},
+              "results": [ours, peer], "summary": suite._summary(ours) + suite._summary(peer), "notes": []}
+    suite.agreement(report["summary"])
+    report["ratios"] = suite.ratios(report["summary"])
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(report))
+    assert suite.main(["--report", str(saved), "--out", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "| q4 | 16 | numpy | torch-cpu | 1.19x | 2.90x | — |" in out
+    assert (tmp_path / "plots" / "throughput.png").stat().st_size > 5_000
+    with pytest.raises(SystemExit):
+        suite.main(["--report", str(tmp_path / "missing.json")])
+    assert "not a readable bench.json" in capsys.readouterr().err

@@ -124,8 +124,10 @@ def test_bench_runs_tiers_and_peers_on_the_default_model(tmp_path, smollm2_dir):
     assert 200e6 < mlx_run["trials"][0]["peak_bytes"] < 1e9  # MLX's own peak: bfloat16 weights + activations
     numpy_run = next(r for r in report["results"] if r["runner"] == "numpy")
     assert numpy_run["trials"][0]["peak_bytes"] > 500e6  # float32 weights of a 135M model
-    # Same weights, same prompt, greedy: every runner generates the same tokens.
-    assert all(row["agree"] == 1.0 for row in report["summary"])
+    # Same float32 values, same prompt, greedy: the same tokens (MLX's CPU tier runs bfloat16,
+    # llama.cpp its own Q4_1 arithmetic; they may part ways).
+    float32 = [row for row in report["summary"] if row["runner"] in ("numpy", "single-thread", "torch-cpu")]
+    assert len(float32) == 6 and all(row["agree"] == 1.0 and row["agree_with"] == "numpy" for row in float32)
     assert {(r["tier"], r["peer"]) for r in report["ratios"]} >= {("numpy", "torch-cpu"), ("single-thread", "torch-cpu")}
     th = report["thermal"]
     assert th["runner"] in ("numpy", "single-thread", "mlx-cpu")

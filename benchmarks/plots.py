@@ -21,19 +21,19 @@ def plot_throughput(report: dict, path: Path) -> Path:
     plt = _plt()
     groups: dict = {}
     for row in report["summary"]:
-        groups.setdefault((row["form"], row["prompt_tokens"]), []).append(row)
+        groups.setdefault((row["form"], row["prompt_tokens"], row.get("gen_tokens")), []).append(row)
     keys = sorted(groups)
     fig, axes = plt.subplots(len(keys), 2, figsize=(11, 0.45 * max(len(v) for v in groups.values()) * len(keys) + 1.6),
                              squeeze=False)
-    for (form, plen), ax_row in zip(keys, axes):
-        rows = groups[(form, plen)]
+    for (form, plen, glen), ax_row in zip(keys, axes):
+        rows = groups[(form, plen, glen)]
         names = [r["runner"] for r in rows]
         colors = ["tab:blue" if n in TIERS else "tab:gray" for n in names]
         for ax, key, title in zip(ax_row, ("prompt_tps", "gen_tps"), ("prompt tokens/s", "generation tokens/s")):
             vals = [r[key] or 0.0 for r in rows]
             bars = ax.barh(names, vals, color=colors)
             ax.invert_yaxis()
-            ax.set_title(f"{form}, {plen}-token prompt: {title}", fontsize=9)
+            ax.set_title(f"{form}, prompt {plen}, generate {glen}: {title}", fontsize=9)
             ax.bar_label(bars, labels=[f"{v:.1f}" for v in vals], fontsize=7, padding=2)
             ax.margins(x=0.15)
             ax.tick_params(labelsize=8)

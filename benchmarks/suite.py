@@ -7,8 +7,8 @@ throttling of this package's tiers beside its peers, in one run.
 
 Every runner (see ``benchmarks/runners.py``) runs in a process of its own, so
 thread settings, the peak RSS and the backend's allocator belong to it alone.
-For each prompt length it does one uncounted warm-up and ``--trials`` timed
-runs of ``--gen-tokens`` greedy tokens (EOS ignored) on the same token ids.
+For each prompt length and generation length it does one uncounted warm-up and
+``--trials`` timed runs of that many greedy tokens (EOS ignored) on the same token ids.
 Prompt tokens/s = prompt length / time to the first token; generation
 tokens/s = (tokens - 1) / time after the first token.  Energy comes from the
 meter picked for the runner's device (``benchmarks/energy.py``), split at the
@@ -94,16 +94,17 @@ def _speed(runner: R.Runner, spec: dict, meter) -> tuple:
     """(timed trials, back-to-back prefill runs for energy)."""
     trials, prefill = [], []
     for ids in spec["prompts"]:
-        for trial in range(spec["warmup"] + spec["trials"]):
-            rec = _time_run(runner, ids, spec["gen_tokens"], meter)
-            if trial >= spec["warmup"]:
-                rec["trial"] = trial - spec["warmup"]
-                trials.append(rec)
+        for n in spec["gen_tokens"]:
+            for trial in range(spec["warmup"] + spec["trials"]):
+                rec = _time_run(runner, ids, n, meter)
+                if trial >= spec["warmup"]:
+                    rec["trial"] = trial - spec["warmup"]
+                    trials.append(rec)
     if meter is not None and meter.measured:
         prefill = [_prefill_energy(runner, ids, meter, spec["energy_seconds"]) for ids in spec["prompts"]]
     if isinstance(runner, R.NumpyRunner):  # the NumPy backend keeps no allocator statistics: trace one extra run
         for ids in spec["prompts"]:
-            peak = runner.traced_peak(ids, spec["gen_tokens"])
+            peak = runner.traced_peak(ids, max(spec["gen_tokens"]))
             for rec in trials:
                 if rec["prompt_tokens"] == len(ids):
                     rec["peak_bytes"] = peak
@@ -139,7 +140,7 @@ def _thermal(runner: R.Runner, spec: dict, meter, probes: list) -> dict:
     boundary, stop_at, count = start + window, start + seconds, 0
     done = False
     while not done:
-        for _ in runner.generate(ids, spec["gen_tokens"]):
+        for _ in runner.generate(ids, max(spec["gen_tokens"])):
             count += 1
             now = time.perf_counter()
             if now < boundary:
@@ -152,7 +153,7 @@ def _thermal(runner: R.Runner, spec: dict, meter, probes: list) -> dict:
             if w_end >= stop_at - 1e-3:
                 done = True
                 break
-    return {"seconds": seconds, "window_s": window, "prompt_tokens": len(ids), "restart_every": spec["gen_tokens"],
+    return {"seconds": seconds, "window_s": window, "prompt_tokens": len(ids), "restart_every": max(spec["gen_tokens"]),
             "windows": windows, "baseline": baseline, "signals": signals,
             "verdict": verdict([w["tps"] for w in windows], signals)}
 
@@ -166,7 +167,7 @@ def run_worker(spec: dict) -> dict:
     tic = time.perf_counter()
     runner = R.build_runner(spec["runner"], model_dir=spec["model_dir"], torch_dir=spec.get("torch_dir"),
                             gguf=spec.get("gguf"), threads=spec["threads"],
-                            n_ctx=max(len(p) for p in spec["prompts"]) + spec["gen_tokens"] + 16)
+                            n_ctx=max(len(p) for p in spec["prompts"]) + max(spec["gen_tokens"]) + 16)
     load_s = time.perf_counter() - tic
     device = _meter_device(runner)
     meter, notes = pick_meter(spec["energy"], device=device, watts=spec.get("watts"), gpu_index=spec.get("gpu_index", 0))
@@ -207,16 +208,16 @@ def run_worker(spec: dict) -> dict:
 
 
 def _summary(result: dict) -> list:
-    """Medians per prompt length of one runner's trials."""
+    """Medians per (prompt length, generation length) of one runner's trials."""
     rows = []
     by_len: dict = {}
     for rec in result.get("trials", []):
-        by_len.setdefault(rec["prompt_tokens"], []).append(rec)
+        by_len.setdefault((rec["prompt_tokens"], rec["gen_tokens"]), []).append(rec)
     prefill: dict = {}
     for r in result.get("prefill_energy", []):
         prefill.setdefault(r["prompt_tokens"], []).append(r["j_per_prompt_token"])
     prefill = {k: statistics.median(v) for k, v in prefill.items()}
-    for plen, recs in sorted(by_len.items()):
+    for (plen, glen), recs in sorted(by_len.items()):
         def med(key, sub=None):
             vals = [(r[sub] or {}).get(key) if sub else r.get(key) for r in recs]
             vals = [v for v in vals if v is not None]
@@ -228,7 +229,7 @@ def _summary(result: dict) -> list:
         gen_j = (sum(e["gen_j"] for e in energies) / sum(r["gen_tokens"] - 1 for r in recs)
                  if len(energies) == len(recs) and energies else None)
 
-        rows.append({"runner": result["runner"], "form": result["form"], "prompt_tokens": plen,
+        rows.append({"runner": result["runner"], "form": result["form"], "prompt_tokens": plen, "gen_tokens": glen,
                      "prompt_tps": med("prompt_tps"), "gen_tps": med("gen_tps"), "ttft_s": med("ttft_s"),
                      "peak_bytes": med("peak_bytes"), "rss_peak_bytes": result.get("rss_peak_bytes"),
                      "j_per_prompt_token": prefill.get(plen, med("j_per_prompt_token", "energy")),
@@ -236,6 +237,11 @@ def _summary(result: dict) -> list:
                      "measured_energy": bool(result.get("meter") and result["meter"].get("measured")),
                      "trials": len(recs), "tokens": recs[0]["tokens"]})
     return rows
+
+
+def _case(row: dict) -> tuple:
+    """What makes two rows comparable: the same weights, prompt length and generation length."""
+    return row["form"], row["prompt_tokens"], row.get("gen_tokens")
 
 
 REFERENCE_ORDER = ("numpy", "torch-cpu", "torch")  # float32 / exact dequantized weights first
@@ -247,12 +253,12 @@ def agreement(rows: list) -> None:
     float32 on the exact dequantized weights; else PyTorch; else the first runner)."""
     refs: dict = {}
     for row in rows:
-        key = (row["form"], row["prompt_tokens"])
+        key = _case(row)
         rank = REFERENCE_ORDER.index(row["runner"]) if row["runner"] in REFERENCE_ORDER else len(REFERENCE_ORDER)
         if key not in refs or rank < refs[key][0]:
             refs[key] = (rank, row["runner"], row["tokens"])
     for row in rows:
-        _, name, ref = refs[(row["form"], row["prompt_tokens"])]
+        _, name, ref = refs[_case(row)]
         same = 0
         for a, b in zip(row["tokens"], ref):
             if a != b:
@@ -367,15 +373,16 @@ def measure_idle(kind: str, watts: Optional[float], seconds: float, device: str,
 
 
 def ratios(rows: list) -> list:
-    """Every tier against every peer on the same weights and prompt length."""
+    """Every tier against every peer on the same weights, prompt length and generation length."""
     out = []
     for a in rows:
         if a["runner"] not in R.TIERS:
             continue
         for b in rows:
-            if b["runner"] not in R.PEERS or (a["form"], a["prompt_tokens"]) != (b["form"], b["prompt_tokens"]):
+            if b["runner"] not in R.PEERS or _case(a) != _case(b):
                 continue
-            r = {"form": a["form"], "prompt_tokens": a["prompt_tokens"], "tier": a["runner"], "peer": b["runner"]}
+            r = {"form": a["form"], "prompt_tokens": a["prompt_tokens"], "gen_tokens": a["gen_tokens"],
+                 "tier": a["runner"], "peer": b["runner"]}
             for key in ("prompt_tps", "gen_tps"):
                 r[key] = a[key] / b[key] if a[key] and b[key] else None
             ja, jb = a["j_per_gen_token"], b["j_per_gen_token"]
@@ -390,19 +397,18 @@ def _fmt(v, spec=".1f", scale=1.0, suffix=""):
 
 def print_tables(report: dict, file=None) -> None:
     p = lambda *a: print(*a, file=file or sys.stdout)  # noqa: E731
-    p(f"# {report['machine']}; commit {report['commit']}; generate {report['args']['gen_tokens']} tokens, "
-      f"median of {report['args']['trials']} trials x {report['args'].get('rounds', 1)} round(s), each process "
+    p(f"# {report['machine']}; commit {report['commit']}; median of {report['args']['trials']} trials x {report['args'].get('rounds', 1)} round(s), each process "
       f"after {report['args']['warmup']} warm-up")
     p("")
-    p("| weights | runner | backend | device | prompt | prompt tok/s | gen tok/s | TTFT ms | backend peak MB | "
+    p("| weights | runner | backend | device | prompt | gen | prompt tok/s | gen tok/s | TTFT ms | backend peak MB | "
       "RSS peak MB | J/prompt tok | J/gen tok | same tokens |")
-    p("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    p("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     info = {(r["runner"], r["form"]): r.get("info", {}) for r in report["results"]}
     for row in report["summary"]:
         i = info.get((row["runner"], row["form"]), {})
         est = "" if row["measured_energy"] else " (est.)"
         p(f"| {row['form']} | {row['runner']} | {i.get('backend', '')} | {i.get('device', '')} | "
-          f"{row['prompt_tokens']} | {_fmt(row['prompt_tps'])} | {_fmt(row['gen_tps'])} | "
+          f"{row['prompt_tokens']} | {row['gen_tokens']} | {_fmt(row['prompt_tps'])} | {_fmt(row['gen_tps'])} | "
           f"{_fmt(row['ttft_s'], '.0f', 1e3)} | {_fmt(row['peak_bytes'], '.0f', 1e-6)} | "
           f"{_fmt(row['rss_peak_bytes'], '.0f', 1e-6)} | "
           f"{_fmt(row['j_per_prompt_token'], '.4f')}{est if row['j_per_prompt_token'] else ''} | "
@@ -413,10 +419,10 @@ def print_tables(report: dict, file=None) -> None:
             p(f"| {r['form']} | {r['runner']} | failed: {r['error']} |")
     if report["ratios"]:
         p("")
-        p("| weights | prompt | tier | peer | prompt tok/s ratio | gen tok/s ratio | J/gen tok ratio |")
-        p("| --- | ---: | --- | --- | ---: | ---: | ---: |")
+        p("| weights | prompt | gen | tier | peer | prompt tok/s ratio | gen tok/s ratio | J/gen tok ratio |")
+        p("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |")
         for r in report["ratios"]:
-            p(f"| {r['form']} | {r['prompt_tokens']} | {r['tier']} | {r['peer']} | {_fmt(r['prompt_tps'], '.2f', 1, 'x')} "
+            p(f"| {r['form']} | {r['prompt_tokens']} | {r['gen_tokens']} | {r['tier']} | {r['peer']} | {_fmt(r['prompt_tps'], '.2f', 1, 'x')} "
               f"| {_fmt(r['gen_tps'], '.2f', 1, 'x')} | {_fmt(r['j_per_gen_token'], '.2f', 1, 'x')} |")
     meters = {r["meter"]["label"] for r in report["results"] if r.get("meter")}
     if meters:
@@ -448,7 +454,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--torch-model", default=None, help="float checkpoint for the PyTorch peer (default: the "
                                                        "default model dequantized to float32)")
     p.add_argument("--prompt-tokens", default="128,512", help="prompt lengths, comma separated")
-    p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--gen-tokens", default="128", help="generation lengths, comma separated (each >= 2)")
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1, help="run every runner this many times, alternating, "
@@ -494,7 +500,11 @@ def main(argv: Optional[list] = None) -> int:
         plens = [int(x) for x in args.prompt_tokens.split(",") if x]
     except ValueError:
         p.error(f"--prompt-tokens takes comma-separated integers, got {args.prompt_tokens!r}")
-    if not plens or min(plens) < 1 or args.gen_tokens < 2 or args.trials < 1 or args.warmup < 0 or args.rounds < 1:
+    try:
+        glens = [int(x) for x in str(args.gen_tokens).split(",") if x]
+    except ValueError:
+        p.error(f"--gen-tokens takes comma-separated integers, got {args.gen_tokens!r}")
+    if not plens or min(plens) < 1 or not glens or min(glens) < 2 or args.trials < 1 or args.warmup < 0 or args.rounds < 1:
         p.error("need prompt lengths >= 1, --gen-tokens >= 2, --trials >= 1, --rounds >= 1 and --warmup >= 0")
     if args.thermal_seconds and args.thermal_seconds < 2 * args.thermal_window:
         p.error("--thermal-seconds must cover at least two --thermal-window windows (or be 0 to skip)")
@@ -542,7 +552,7 @@ def main(argv: Optional[list] = None) -> int:
                              "hundreds of times slower than float ones; ask for it with --peers mlx-lm")
                 continue
             runs.append({"runner": name, "form": form, "model_dir": str(path), "torch_dir": torch_dir, "gguf": gguf,
-                         "prompts": ids, "gen_tokens": args.gen_tokens, "trials": args.trials, "warmup": args.warmup,
+                         "prompts": ids, "gen_tokens": glens, "trials": args.trials, "warmup": args.warmup,
                          "threads": args.threads, "energy": args.energy, "watts": args.watts,
                          "energy_seconds": args.energy_seconds, "gpu_index": args.gpu_index, "mode": "speed"})
         # Rounds alternate the runners (A B C A B C ...) so a slow spell of a shared machine
@@ -565,7 +575,7 @@ def main(argv: Optional[list] = None) -> int:
             form = next(iter(forms))
             spec = {"runner": name, "form": form, "model_dir": str(forms[form]), "torch_dir": torch_dir,
                     "gguf": args.gguf or default_gguf, "prompts": [prompt_ids(Path(forms[form]), min(plens))],
-                    "gen_tokens": args.gen_tokens, "trials": 0, "warmup": 0, "threads": args.threads,
+                    "gen_tokens": glens, "trials": 0, "warmup": 0, "threads": args.threads,
                     "energy": args.energy, "watts": args.watts, "gpu_index": args.gpu_index, "mode": "thermal",
                     "thermal_seconds": args.thermal_seconds, "thermal_window": args.thermal_window}
             print(f"[bench] thermal run: {form} {name}, {args.thermal_seconds:.0f} s ...", file=sys.stderr, flush=True)

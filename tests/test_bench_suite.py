@@ -52,7 +52,7 @@ def test_print_tables_marks_estimates_and_failures(capsys):
     suite.agreement(report["summary"])
     suite.print_tables(report)
     out = capsys.readouterr().out
-    assert "| q4 | numpy | numpy |" in out and "0.500 (est.)" in out
+    assert "| q4 | numpy | numpy |  | 16 | 5 |" in out and "0.500 (est.)" in out
     assert "| q4 | torch | failed: timed out after 5 s |" in out and "- llama.cpp: not installed" in out
 
 
@@ -100,7 +100,7 @@ def test_bench_runs_tiers_and_peers_on_the_default_model(tmp_path, smollm2_dir):
     peers = "torch-cpu" + (",llama.cpp-1t" if R.package_of("llama.cpp") and suite._available("llama.cpp") is None
                            else "")
     rc = suite.main(["--tiers", "numpy,single-thread,mlx-cpu", "--peers", peers, "--prompt-tokens", "12,20",
-                     "--gen-tokens", "5", "--trials", "2", "--energy", "estimate", "--watts", "10",
+                     "--gen-tokens", "5,3", "--trials", "2", "--energy", "estimate", "--watts", "10",
                      "--thermal-seconds", "2", "--thermal-window", "1", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "bench.json").read_text())
@@ -108,12 +108,13 @@ def test_bench_runs_tiers_and_peers_on_the_default_model(tmp_path, smollm2_dir):
     names = [r["runner"] for r in report["results"]]
     assert names[:4] == ["numpy", "single-thread", "mlx-cpu", "torch-cpu"]
     for r in report["results"]:
-        assert len(r["trials"]) == 4 and {t["prompt_tokens"] for t in r["trials"]} == {12, 20}
+        assert len(r["trials"]) == 8
+        assert {(t["prompt_tokens"], t["gen_tokens"]) for t in r["trials"]} == {(12, 5), (12, 3), (20, 5), (20, 3)}
         assert r["meter"]["measured"] is False and "estimate" in r["meter"]["label"]
         for t in r["trials"]:
-            assert len(t["tokens"]) == 5 and t["ttft_s"] > 0 and t["gen_tps"] > 0
+            assert len(t["tokens"]) == t["gen_tokens"] and t["ttft_s"] > 0 and t["gen_tps"] > 0
             # A stated 10 W: joules are 10 x the seconds of each phase.
-            assert t["energy"]["j_per_gen_token"] == pytest.approx(10 * t["gen_s"] / 4, rel=1e-6)
+            assert t["energy"]["j_per_gen_token"] == pytest.approx(10 * t["gen_s"] / (t["gen_tokens"] - 1), rel=1e-6)
             assert t["energy"]["j_per_prompt_token"] == pytest.approx(10 * t["ttft_s"] / t["prompt_tokens"], rel=1e-6)
         assert r["rss_peak_bytes"] > 100e6
     single = next(r for r in report["results"] if r["runner"] == "single-thread")
@@ -127,7 +128,7 @@ def test_bench_runs_tiers_and_peers_on_the_default_model(tmp_path, smollm2_dir):
     # Same float32 values, same prompt, greedy: the same tokens (MLX's CPU tier runs bfloat16,
     # llama.cpp its own Q4_1 arithmetic; they may part ways).
     float32 = [row for row in report["summary"] if row["runner"] in ("numpy", "single-thread", "torch-cpu")]
-    assert len(float32) == 6 and all(row["agree"] == 1.0 and row["agree_with"] == "numpy" for row in float32)
+    assert len(float32) == 12 and all(row["agree"] == 1.0 and row["agree_with"] == "numpy" for row in float32)
     assert {(r["tier"], r["peer"]) for r in report["ratios"]} >= {("numpy", "torch-cpu"), ("single-thread", "torch-cpu")}
     th = report["thermal"]
     assert th["runner"] in ("numpy", "single-thread", "mlx-cpu")
@@ -166,7 +167,7 @@ class _FiveWatts:
 
 def test_speed_splits_energy_at_the_first_token_and_measures_prefill_back_to_back():
     runner, meter = _FakeRunner("fake"), _FiveWatts()
-    spec = {"prompts": [[1] * 10, [1] * 20], "gen_tokens": 4, "trials": 2, "warmup": 1, "energy_seconds": 0.05}
+    spec = {"prompts": [[1] * 10, [1] * 20], "gen_tokens": [4], "trials": 2, "warmup": 1, "energy_seconds": 0.05}
     trials, prefill = suite._speed(runner, spec, meter)
     assert [t["prompt_tokens"] for t in trials] == [10, 10, 20, 20]
     assert [p["prompt_tokens"] for p in prefill] == [10, 20]
@@ -201,7 +202,7 @@ def test_report_reprints_a_saved_run(tmp_path, capsys):
     saved.write_text(json.dumps(report))
     assert suite.main(["--report", str(saved), "--out", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
-    assert "| q4 | 16 | numpy | torch-cpu | 1.19x | 2.90x | — |" in out
+    assert "| q4 | 16 | 5 | numpy | torch-cpu | 1.19x | 2.90x | — |" in out
     assert (tmp_path / "plots" / "throughput.png").stat().st_size > 5_000
     with pytest.raises(SystemExit):
         suite.main(["--report", str(tmp_path / "missing.json")])

@@ -207,3 +207,32 @@ def test_report_reprints_a_saved_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         suite.main(["--report", str(tmp_path / "missing.json")])
     assert "not a readable bench.json" in capsys.readouterr().err
+
+
+class _SlowProbe:
+    """An OS signal that takes 50 ms to read and reports throttling from the second window on."""
+
+    name = "fake-os"
+
+    def __init__(self):
+        self.calls = 0
+
+    def signal(self):
+        import time
+
+        time.sleep(0.05)
+        self.calls += 1
+        hot = self.calls > 2  # the first call is the baseline
+        return {"probe": self.name, "throttled": hot, "reason": "hot" if hot else "", "sample": {"n": self.calls}}
+
+
+def test_thermal_windows_exclude_probe_time_and_take_the_os_verdict():
+    runner, probe = _FakeRunner("fake"), _SlowProbe()
+    spec = {"prompts": [[1] * 4], "gen_tokens": [16], "thermal_seconds": 0.6, "thermal_window": 0.2}
+    t = suite._thermal(runner, spec, None, [probe])
+    assert len(t["windows"]) == 3 and probe.calls == 1 + 3
+    for w in t["windows"]:
+        assert 0.2 <= w["end_s"] - w["start_s"] < 0.2 + 0.04  # the 50-ms probe read is not in the window
+        assert w["tps"] == pytest.approx(w["tokens"] / (w["end_s"] - w["start_s"]))
+    assert [s["window"] for s in t["signals"]] == [0, 1, 2]
+    assert t["verdict"]["throttled"] is True and "fake-os: hot" in t["verdict"]["basis"]

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,31 +35,32 @@ KINDS = ("auto", "powermetrics", "nvml", "rapl", "estimate", "none")
 DEVICES = ("cpu", "metal", "cuda")
 
 
-class Meter:
+class Meter(ABC):
     """One source of energy readings; see the module docstring for the clock."""
 
     name: str
     measured: bool = True
 
     @property
+    @abstractmethod
     def label(self) -> str:
-        raise NotImplementedError
+        """Human label printed beside every figure from this meter."""
 
+    @abstractmethod
     def start(self) -> None:
         """Begin measuring (read the counters, or launch the sampler)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mark(self) -> float:
         """``time.perf_counter()`` now, remembered so that :meth:`joules` can use it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self) -> None:
         """Stop measuring; readings up to the last mark stay available."""
-        raise NotImplementedError
 
+    @abstractmethod
     def joules(self, t0: float, t1: float) -> dict[str, float]:
         """Energy between two timestamps: ``{"total": J, <component>: J, ...}``."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the meter for the benchmark's output."""
@@ -85,13 +87,13 @@ class _CounterMeter(Meter):
         self._times: list[float] = []
         self._values: list[dict[str, float]] = []
 
+    @abstractmethod
     def _begin(self) -> None:
         """Take the counters' starting point."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _read(self) -> dict[str, float]:
         """Cumulative joules per component since :meth:`_begin`, including ``"total"``."""
-        raise NotImplementedError
 
     def _record(self) -> float:
         before = time.perf_counter()

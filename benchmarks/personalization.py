@@ -52,16 +52,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+from mlx_synapse.benchmarks.common import EVAL_DIR
 from mlx_synapse.benchmarks.personal_facts import (
     FactSet,
     build,
     first_sentence,
     matches,
 )
-
-EVAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
-if not EVAL_DIR.is_dir():  # installed package: look beside the working directory's project
-    EVAL_DIR = Path.cwd().parent / "shared" / "data" / "eval"
 
 
 def log(msg: str) -> None:

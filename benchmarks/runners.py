@@ -22,6 +22,7 @@ Peers:
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -66,12 +67,13 @@ def pin_one_core() -> Optional[int]:
 
 
 @dataclass
-class Runner:
+class Runner(ABC):
     name: str
     info: dict = field(default_factory=dict)  # backend, device, dtype, threads, weights
 
+    @abstractmethod
     def generate(self, ids: list, n: int) -> Iterator[int]:
-        raise NotImplementedError
+        """Yield exactly ``n`` greedy tokens after ``ids``, each computed when yielded."""
 
     def reset_peak(self) -> None:
         """Start a new peak-memory measurement of the backend's own allocator."""

@@ -337,9 +337,9 @@ def plan_runners(tiers: str, peers: str) -> tuple:
     else:
         names = [t for t in tiers.split(",") if t and t != "none"]
     if peers == "auto":
-        auto_peers = ["mlx-lm", "torch", "llama.cpp", "llama.cpp-1t"]
-        names += [p for p in auto_peers if _available(p) is None]
-        notes += [_available(p) for p in auto_peers if _available(p) is not None]
+        why = {p: _available(p) for p in ("mlx-lm", "torch", "llama.cpp", "llama.cpp-1t")}
+        names += [p for p, w in why.items() if w is None]
+        notes += [w for w in why.values() if w is not None]
     else:
         names += [p for p in peers.split(",") if p and p != "none"]
     for n in names:

@@ -19,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,18 +57,18 @@ PI_THROTTLING_NOW = 0b1110  # capped, throttled, soft temperature limit
 PRESSURE_LEVELS = ("Nominal", "Moderate", "Heavy", "Trapping", "Sleeping")
 
 
-class ThermalProbe:
+class ThermalProbe(ABC):
     """One OS source of thermal readings."""
 
     name: str
 
+    @abstractmethod
     def sample(self) -> dict[str, Any]:
         """Current readings, JSON-able."""
-        raise NotImplementedError
 
+    @abstractmethod
     def throttled(self, sample: dict[str, Any]) -> tuple[bool | None, str]:
         """Whether ``sample`` shows throttling (None: it cannot tell), and a short reason."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}

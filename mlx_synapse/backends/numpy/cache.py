@@ -60,6 +60,17 @@ class KVCache:
     def make_mask(self, n: int) -> Optional[np.ndarray]:
         return causal_mask(n, self.offset)
 
+    def reserve_decode_slot(self, shape: tuple) -> tuple:
+        """Make room for one token of ``(kv_heads, head_dim)`` written by the caller
+        (the compiled decode engine); returns ``(slot, T)``: the row to write and
+        how many rows to attend over.  Advances ``offset``."""
+        slot = self.offset
+        if self.keys is None or self.keys.shape[1] <= slot:
+            like = np.empty((shape[0], 1, shape[1]), np.float32)
+            self._reserve(like, like, slot + 1)
+        self.offset = slot + 1
+        return slot, slot + 1
+
     def update_and_fetch(self, k: np.ndarray, v: np.ndarray):
         n = k.shape[1]
         end = self.offset + n
@@ -151,6 +162,19 @@ class RotatingKVCache:
         qpos = self.offset + np.arange(n)[:, None]
         ok = (kpos[None, :] <= qpos) & ((kpos[None, :] < self.keep) | (kpos[None, :] > qpos - self.ring))
         return np.where(ok, np.float32(0), NEG_INF).astype(np.float32)
+
+    def reserve_decode_slot(self, shape: tuple) -> tuple:
+        """As :meth:`KVCache.reserve_decode_slot`: the slot one new token takes
+        (the ring's oldest once full) and the number of slots to attend over."""
+        start = self.offset
+        need = min(start + 1, self.max_size)
+        if self.keys is None or self.keys.shape[1] < need:
+            like = np.empty((shape[0], 1, shape[1]), np.float32)
+            self._reserve(like, like, start + 1)
+        slot = start if start < self.max_size else self.keep + (start - self.keep) % self.ring
+        self._pos[slot] = start
+        self.offset = start + 1
+        return slot, min(self.offset, self.max_size)
 
     def update_and_fetch(self, k: np.ndarray, v: np.ndarray):
         n = k.shape[1]

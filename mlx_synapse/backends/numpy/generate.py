@@ -58,9 +58,13 @@ def generate_step(
         rest = rest[prefill_step_size:]
     logits = model.forward_last(rest, cache)
 
+    step = getattr(model, "step_logits", None)
     for n in range(max_tokens):
         if n > 0:
-            logits = model.forward_last(tokens[n_tok - 1 : n_tok], cache)
+            if step is not None:
+                logits = step(int(tokens[n_tok - 1]), cache)
+            else:
+                logits = model.forward_last(tokens[n_tok - 1 : n_tok], cache)
         for proc in processors:
             logits = proc(tokens[:n_tok], logits)
         logprobs = log_softmax(logits)

@@ -70,6 +70,54 @@ class NumpyModel:
         self._inter = args.intermediate_size
         self._inv_h = 1.0 / args.hidden_size
         self._tuner = DecodeThreadTuner()
+        self._engine = None  # the compiled decode engine, built on first use
+        self._engine_state = "unbuilt"  # "unbuilt" | "on" | "off: <reason>"
+
+    # ------------------------------------------------------------ the engine
+    @property
+    def engine(self):
+        """The compiled decode engine (``engine.DecodeEngine``), or None where it cannot run.
+
+        ``use_engine(False)`` keeps decoding on NumPy/BLAS; ``engine_status`` says which."""
+        if self._engine_state == "unbuilt":
+            from mlx_synapse.kernels import native
+
+            from .engine import DecodeEngine
+
+            lib = native.library()
+            if lib is None:
+                self._engine_state = "off: " + (native.build_error() or "MLX_SYNAPSE_NATIVE=0")
+            else:
+                self._engine = DecodeEngine(self, lib=lib)
+                self._engine_state = "on"
+        return self._engine
+
+    def use_engine(self, on: bool = True, threads: Optional[int] = None) -> None:
+        """Turn the compiled decode path on (optionally with ``threads``) or off."""
+        if not on:
+            self._engine, self._engine_state = None, "off: use_engine(False)"
+            return
+        self._engine, self._engine_state = None, "unbuilt"
+        if threads is not None and self.engine is not None and self._engine.threads != threads:
+            from .engine import DecodeEngine
+
+            self._engine = DecodeEngine(self, threads=threads, lib=self._engine.lib)
+
+    @property
+    def engine_status(self) -> str:
+        return self._engine_state
+
+    def step_logits(self, token: int, cache) -> np.ndarray:
+        """Logits (V,) for one token at the cache's next position.
+
+        On the compiled engine this is its own buffer, overwritten by the next
+        step (copy it to keep it); elsewhere a fresh array."""
+        eng = self.engine
+        if eng is not None and eng.supports(cache):
+            if not 0 <= token < self.vocab_size:
+                raise ValueError(f"token id {token} out of range [0, {self.vocab_size})")
+            return eng.step(token, cache)
+        return self._decode(self._tokens([token]), cache)
 
     # ------------------------------------------------------------------ API
     def make_cache(self, max_kv_size: Optional[int] = None):
@@ -147,7 +195,10 @@ class NumpyModel:
         return np.ascontiguousarray(w.lm_head_t[:, ids].T)
 
     def _decode(self, ids: np.ndarray, cache) -> np.ndarray:
-        """Logits (V,) for one token, under the tuned BLAS thread count."""
+        """Logits (V,) for one token: the compiled engine, else NumPy under the tuned BLAS thread count."""
+        eng = self.engine if cache is not None else None
+        if eng is not None and eng.supports(cache):
+            return eng.step(int(ids[0]), cache).copy()
         threads = self._tuner.choose()
         t0 = time.perf_counter()
         with blas_threads(threads):

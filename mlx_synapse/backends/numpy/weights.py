@@ -22,6 +22,7 @@ from typing import List, Optional
 import numpy as np
 
 from mlx_synapse.kernels import affine
+from mlx_synapse.kernels.native import BLOCK, QMat
 
 from .config import ModelArgs
 from .safetensors import TensorStore
@@ -38,6 +39,11 @@ class LayerWeights:
     w_down: np.ndarray  # (I, H)
     b_down: Optional[np.ndarray]
     qk_norm: Optional[np.ndarray]  # (nh + nkv, d) qwen3 per-head norm weights, q rows pre-scaled
+    # The same matrices packed for the compiled decode engine (``kernels/native.py``):
+    # "qkv", "o", "gu", "down" -> QMat (4/8-bit codes, or None where the float rows
+    # above serve), "ln1"/"ln2" -> the RMSNorm weights a packed matrix needs applied
+    # to its input (the float rows have them folded in).  None when not packed.
+    packed: Optional[dict] = None
 
 
 @dataclass
@@ -46,6 +52,7 @@ class ModelWeights:
     lm_head_t: np.ndarray  # (H, V)
     norm: np.ndarray  # (H,)
     layers: List[LayerWeights]
+    packed_head: Optional[QMat] = None  # the lm_head's 4/8-bit codes when quantized
 
 
 class _Loader:
@@ -114,6 +121,24 @@ class _Loader:
             )
         return self._f32(w)
 
+    def packed(self, prefix: str) -> Optional[QMat]:
+        """``prefix`` as engine codes when it is a 4/8-bit affine matrix the kernels take, else None."""
+        if prefix + ".scales" not in self.store:
+            return None
+        gs, bits = self._quant_params(prefix)
+        if bits not in (4, 8) or gs < BLOCK or gs & (gs - 1):
+            return None
+        return QMat.from_mlx(
+            self.store.get(prefix + ".weight"), self.store.get(prefix + ".scales"), self.store.get(prefix + ".biases"),
+            gs, bits,
+        )
+
+    def packed_cat(self, prefixes: List[str]) -> Optional[QMat]:
+        mats = [self.packed(p) for p in prefixes]
+        if any(m is None for m in mats) or len({(m.kind, m.group) for m in mats}) != 1:
+            return None
+        return mats[0] if len(mats) == 1 else QMat.concat(mats)
+
     def bias(self, prefix: str, size: int, required: bool) -> Optional[np.ndarray]:
         name = prefix + ".bias"
         if not required and name not in self.store:
@@ -143,7 +168,8 @@ def _cat_b(bs: List[Optional[np.ndarray]], sizes: List[int]) -> Optional[np.ndar
     return np.concatenate([np.zeros(n, np.float32) if b is None else b for b, n in zip(bs, sizes)])
 
 
-def load_weights(store: TensorStore, args: ModelArgs) -> ModelWeights:
+def load_weights(store: TensorStore, args: ModelArgs, pack: bool = True) -> ModelWeights:
+    """Read every tensor; ``pack`` also keeps quantized matrices as engine codes."""
     ld = _Loader(store, args)
     H, d = args.hidden_size, args.head_dim
     nh, nkv, inter, V = args.num_heads, args.num_kv_heads, args.intermediate_size, args.vocab_size
@@ -185,6 +211,20 @@ def load_weights(store: TensorStore, args: ModelArgs) -> ModelWeights:
         w_qkv_t *= ld.vector(p + ".input_layernorm.weight", H)[:, None]
         w_gu_t *= ld.vector(p + ".post_attention_layernorm.weight", H)[:, None]
         down_bias = args.mlp_bias and args.model_type != "phi3"
+        packed = None
+        if pack and args.quantization is not None:
+            if args.model_type == "phi3":
+                qkv_p, gu_p = ld.packed_cat([a + ".qkv_proj"]), ld.packed_cat([m + ".gate_up_proj"])
+            else:
+                qkv_p = ld.packed_cat([f"{a}.{n}_proj" for n in "qkv"])
+                gu_p = ld.packed_cat([m + ".gate_proj", m + ".up_proj"])
+            if qkv_p is not None and qk_norm is None:
+                qkv_p.scale_rows(slice(0, nq), float(scale))
+            packed = {
+                "qkv": qkv_p, "o": ld.packed_cat([a + ".o_proj"]), "gu": gu_p, "down": ld.packed_cat([m + ".down_proj"]),
+                "ln1": ld.vector(p + ".input_layernorm.weight", H) if qkv_p is not None else None,
+                "ln2": ld.vector(p + ".post_attention_layernorm.weight", H) if gu_p is not None else None,
+            }
         return LayerWeights(
             w_qkv=w_qkv_t,
             b_qkv=b_qkv,
@@ -195,6 +235,7 @@ def load_weights(store: TensorStore, args: ModelArgs) -> ModelWeights:
             w_down=_t(ld.matrix(m + ".down_proj", H, inter)),
             b_down=ld.bias(m + ".down_proj", H, down_bias),
             qk_norm=qk_norm,
+            packed=packed,
         )
 
     # Dequantizing and copying release the GIL, so layers load in parallel.
@@ -206,10 +247,12 @@ def load_weights(store: TensorStore, args: ModelArgs) -> ModelWeights:
     if tie is None:
         tie = "lm_head.weight" not in store
     embed = ld.matrix("model.embed_tokens", V, H)
+    head_name = "model.embed_tokens" if tie else "lm_head"
+    packed_head = ld.packed_cat([head_name]) if pack and args.quantization is not None else None
     if tie:
         lm_head_t = _t(embed)
         embed = None
     else:
         embed = np.array(embed, dtype=np.float32)  # own it (it may be a view of the file)
         lm_head_t = _t(ld.matrix("lm_head", V, H))
-    return ModelWeights(embed=embed, lm_head_t=lm_head_t, norm=norm, layers=layers)
+    return ModelWeights(embed=embed, lm_head_t=lm_head_t, norm=norm, layers=layers, packed_head=packed_head)

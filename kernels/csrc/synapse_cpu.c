@@ -1,0 +1,735 @@
+/*
+ * CPU decode engine for the NumPy backend: one call runs a whole token through
+ * a Llama-family model (every layer, then the lm_head) on packed weights.
+ *
+ * Weights, per matrix ([N rows, K inputs], y = W x):
+ *   KIND_F32: float32 rows (the NumPy backend's own arrays, norms folded in);
+ *   KIND_Q4 : MLX affine 4-bit, repacked: for each block of 32 inputs, 16 bytes,
+ *             byte j = code[j] | code[j + 16] << 4 (blocks left to right);
+ *   KIND_Q8 : MLX affine 8-bit codes, one byte each (MLX's own byte order);
+ *   scales/biases float32 [N, K / group], w = scale * code + bias.
+ * Activations feeding a quantized matrix are quantized to int16 per block of
+ * 32 (scale max|x| / 32767), so a block's dot product is an exact integer sum
+ * (vpmaddwd on x86, vmlal on ARM); the bias term uses the float block sums.
+ *
+ * Threads: a pool of (threads - 1) workers plus the caller run the same
+ * decode body (SPMD); each matrix's rows are split between them and a
+ * spinning barrier separates the phases of a layer.  Workers spin briefly
+ * after a token, then sleep on a condition variable.
+ *
+ * Every kernel has a plain C version (SYNAPSE_GENERIC forces it); the x86
+ * AVX-512BW / AVX2 and ARM NEON versions are chosen at compile time, the
+ * library being compiled on the machine that runs it (-march=native).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(SYNAPSE_GENERIC)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define USE_AVX512 1
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define USE_AVX2 1
+#include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#define USE_NEON 1
+#include <arm_neon.h>
+#endif
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define BLK 32
+#define KIND_F32 0
+#define KIND_Q4 1
+#define KIND_Q8 2
+#define ABI_VERSION 1
+
+int syn_abi_version(void) { return ABI_VERSION; }
+
+const char *syn_simd(void) {
+#if defined(USE_AVX512)
+    return "avx512bw";
+#elif defined(USE_AVX2)
+    return "avx2";
+#elif defined(USE_NEON)
+    return "neon";
+#else
+    return "generic";
+#endif
+}
+
+/* ------------------------------------------------------------------ matrices */
+
+typedef struct {
+    int kind, N, K, gshift; /* gshift = log2(group / 32) */
+    const void *w;          /* float rows, or packed codes */
+    const float *s, *b;     /* [N, K / group] (quantized kinds) */
+} Mat;
+
+/* An activation vector in the forms the kernels read. */
+typedef struct {
+    const float *f; /* float values (K) */
+    int16_t *q;     /* int16 codes (K) */
+    float *d;       /* per block of 32: scale */
+    float *sum;     /* per block of 32: sum of the float values */
+} Act;
+
+static void quantize_act(const float *x, int K, int16_t *q, float *d, float *sum) {
+    for (int b = 0; b < K / BLK; b++) {
+        const float *xb = x + b * BLK;
+        float amax = 0.f, s = 0.f;
+        for (int j = 0; j < BLK; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+            s += xb[j];
+        }
+        float dd = amax / 32767.f;
+        float inv = amax > 0.f ? 32767.f / amax : 0.f;
+        for (int j = 0; j < BLK; j++) q[b * BLK + j] = (int16_t)lrintf(xb[j] * inv);
+        d[b] = dd;
+        sum[b] = s;
+    }
+}
+
+/* sum over groups of bias[g] * (float sum of x over group g) */
+static inline float bias_term(const float *brow, const float *xsum, int nblk, int gshift) {
+    float acc = 0.f;
+    if (gshift == 0) {
+        for (int b = 0; b < nblk; b++) acc += brow[b] * xsum[b];
+    } else {
+        for (int b = 0; b < nblk; b++) acc += brow[b >> gshift] * xsum[b];
+    }
+    return acc;
+}
+
+/* ---- int4 / int8 rows x int16 activations ---- */
+
+static float dot_q4(const uint8_t *q, const float *s, int nblk, int gshift, const int16_t *x, const float *dx) {
+#if defined(USE_AVX512)
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    int b = 0;
+    for (; b + 1 < nblk; b += 2) {
+        __m256i p = _mm256_loadu_si256((const __m256i *)(q + 16 * b));
+        __m256i lo = _mm256_and_si256(p, _mm256_set1_epi8(0x0F));
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), _mm256_set1_epi8(0x0F));
+        __m256i w0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+        __m256i w1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+        __m512i p0 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(w0), _mm512_loadu_si512(x + BLK * b));
+        __m512i p1 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(w1), _mm512_loadu_si512(x + BLK * (b + 1)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_set1_ps(s[b >> gshift] * dx[b]), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_set1_ps(s[(b + 1) >> gshift] * dx[b + 1]), acc1);
+    }
+    for (; b < nblk; b++) {
+        __m128i p = _mm_loadu_si128((const __m128i *)(q + 16 * b));
+        __m128i lo = _mm_and_si128(p, m4);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(p, 4), m4);
+        __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        __m512i pr = _mm512_madd_epi16(_mm512_cvtepu8_epi16(w), _mm512_loadu_si512(x + BLK * b));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), _mm512_set1_ps(s[b >> gshift] * dx[b]), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(USE_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int b = 0; b < nblk; b++) {
+        __m128i p = _mm_loadu_si128((const __m128i *)(q + 16 * b));
+        __m128i lo = _mm_and_si128(p, m4);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(p, 4), m4);
+        const __m256i *xb = (const __m256i *)(x + BLK * b);
+        __m256i pr = _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepu8_epi16(lo), _mm256_loadu_si256(xb)),
+                                      _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), _mm256_loadu_si256(xb + 1)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pr), _mm256_set1_ps(s[b >> gshift] * dx[b]), acc);
+    }
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+#elif defined(USE_NEON)
+    float32x4_t acc = vdupq_n_f32(0.f);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int b = 0; b < nblk; b++) {
+        uint8x16_t p = vld1q_u8(q + 16 * b);
+        int16x8_t w[4];
+        uint8x16_t lo = vandq_u8(p, m4), hi = vshrq_n_u8(p, 4);
+        w[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo)));
+        w[1] = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(lo)));
+        w[2] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi)));
+        w[3] = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(hi)));
+        int32x4_t sum = vdupq_n_s32(0);
+        for (int i = 0; i < 4; i++) {
+            int16x8_t xv = vld1q_s16(x + BLK * b + 8 * i);
+            sum = vmlal_s16(sum, vget_low_s16(w[i]), vget_low_s16(xv));
+            sum = vmlal_high_s16(sum, w[i], xv);
+        }
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(sum), s[b >> gshift] * dx[b]);
+    }
+    return vaddvq_f32(acc);
+#else
+    float acc = 0.f;
+    for (int b = 0; b < nblk; b++) {
+        const uint8_t *qb = q + 16 * b;
+        const int16_t *xb = x + BLK * b;
+        int32_t sum = 0;
+        for (int j = 0; j < 16; j++) sum += (int32_t)(qb[j] & 15) * xb[j] + (int32_t)(qb[j] >> 4) * xb[j + 16];
+        acc += (float)sum * (s[b >> gshift] * dx[b]);
+    }
+    return acc;
+#endif
+}
+
+static float dot_q8(const uint8_t *q, const float *s, int nblk, int gshift, const int16_t *x, const float *dx) {
+#if defined(USE_AVX512)
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int b = 0;
+    for (; b + 1 < nblk; b += 2) {
+        __m512i p0 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + BLK * b))),
+                                       _mm512_loadu_si512(x + BLK * b));
+        __m512i p1 = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + BLK * (b + 1)))),
+                                       _mm512_loadu_si512(x + BLK * (b + 1)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_set1_ps(s[b >> gshift] * dx[b]), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_set1_ps(s[(b + 1) >> gshift] * dx[b + 1]), acc1);
+    }
+    for (; b < nblk; b++) {
+        __m512i pr = _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + BLK * b))),
+                                       _mm512_loadu_si512(x + BLK * b));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), _mm512_set1_ps(s[b >> gshift] * dx[b]), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(USE_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nblk; b++) {
+        const uint8_t *qb = q + BLK * b;
+        const __m256i *xb = (const __m256i *)(x + BLK * b);
+        __m256i pr = _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)qb)), _mm256_loadu_si256(xb)),
+            _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(qb + 16))),
+                              _mm256_loadu_si256(xb + 1)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pr), _mm256_set1_ps(s[b >> gshift] * dx[b]), acc);
+    }
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+#elif defined(USE_NEON)
+    float32x4_t acc = vdupq_n_f32(0.f);
+    for (int b = 0; b < nblk; b++) {
+        int32x4_t sum = vdupq_n_s32(0);
+        for (int i = 0; i < 2; i++) {
+            uint8x16_t p = vld1q_u8(q + BLK * b + 16 * i);
+            int16x8_t w0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(p)));
+            int16x8_t w1 = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(p)));
+            int16x8_t x0 = vld1q_s16(x + BLK * b + 16 * i), x1 = vld1q_s16(x + BLK * b + 16 * i + 8);
+            sum = vmlal_s16(sum, vget_low_s16(w0), vget_low_s16(x0));
+            sum = vmlal_high_s16(sum, w0, x0);
+            sum = vmlal_s16(sum, vget_low_s16(w1), vget_low_s16(x1));
+            sum = vmlal_high_s16(sum, w1, x1);
+        }
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(sum), s[b >> gshift] * dx[b]);
+    }
+    return vaddvq_f32(acc);
+#else
+    float acc = 0.f;
+    for (int b = 0; b < nblk; b++) {
+        const uint8_t *qb = q + BLK * b;
+        const int16_t *xb = x + BLK * b;
+        int32_t sum = 0;
+        for (int j = 0; j < BLK; j++) sum += (int32_t)qb[j] * xb[j];
+        acc += (float)sum * (s[b >> gshift] * dx[b]);
+    }
+    return acc;
+#endif
+}
+
+static float dot_f32(const float *w, const float *x, int K) {
+#if defined(USE_AVX512)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+    }
+    float acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif defined(USE_AVX2)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    float acc = _mm_cvtss_f32(r);
+#elif defined(USE_NEON)
+    float32x4_t a0 = vdupq_n_f32(0.f), a1 = vdupq_n_f32(0.f);
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        a0 = vfmaq_f32(a0, vld1q_f32(w + k), vld1q_f32(x + k));
+        a1 = vfmaq_f32(a1, vld1q_f32(w + k + 4), vld1q_f32(x + k + 4));
+    }
+    float acc = vaddvq_f32(vaddq_f32(a0, a1));
+#else
+    float acc = 0.f;
+    int k = 0;
+#endif
+    for (; k < K; k++) acc += w[k] * x[k];
+    return acc;
+}
+
+/* y[r - r0] = (W x)[r] for rows r0 <= r < r1 */
+static void matvec_rows(const Mat *m, const Act *a, int r0, int r1, float *y) {
+    const int K = m->K;
+    if (m->kind == KIND_F32) {
+        const float *w = (const float *)m->w;
+        for (int r = r0; r < r1; r++) y[r - r0] = dot_f32(w + (size_t)r * K, a->f, K);
+        return;
+    }
+    const int nblk = K / BLK, ng = nblk >> m->gshift;
+    const uint8_t *w = (const uint8_t *)m->w;
+    const size_t rb = m->kind == KIND_Q4 ? (size_t)K / 2 : (size_t)K;
+    for (int r = r0; r < r1; r++) {
+        const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng;
+        float v = m->kind == KIND_Q4 ? dot_q4(w + r * rb, s, nblk, m->gshift, a->q, a->d)
+                                     : dot_q8(w + r * rb, s, nblk, m->gshift, a->q, a->d);
+        y[r - r0] = v + bias_term(b, a->sum, nblk, m->gshift);
+    }
+}
+
+/* --------------------------------------------------------------- thread pool */
+
+typedef void (*job_fn)(void *ctx, int tid, int nth);
+
+typedef struct {
+    int n; /* threads including the caller */
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int gen, done, stop, sleepers;
+    atomic_int bar_count, bar_sense;
+    job_fn fn;
+    void *ctx;
+    int spin;
+} Pool;
+
+typedef struct {
+    Pool *p;
+    int tid;
+} WorkerArg;
+
+static void *worker_main(void *arg) {
+    WorkerArg *wa = (WorkerArg *)arg;
+    Pool *p = wa->p;
+    int tid = wa->tid;
+    free(wa);
+    int seen = atomic_load(&p->gen);
+    for (;;) {
+        int g = seen;
+        for (int i = 0; i < p->spin; i++) {
+            g = atomic_load_explicit(&p->gen, memory_order_acquire);
+            if (g != seen || atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
+            cpu_relax();
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) return NULL;
+        seen = g;
+        p->fn(p->ctx, tid, p->n);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    }
+}
+
+static Pool *pool_new(int n, int spin) {
+    Pool *p = (Pool *)calloc(1, sizeof(Pool));
+    if (!p) return NULL;
+    p->n = n < 1 ? 1 : n;
+    p->spin = spin;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->th = (pthread_t *)calloc((size_t)p->n, sizeof(pthread_t));
+    for (int i = 1; i < p->n; i++) {
+        WorkerArg *wa = (WorkerArg *)malloc(sizeof(WorkerArg));
+        wa->p = p;
+        wa->tid = i;
+        if (pthread_create(&p->th[i], NULL, worker_main, wa) != 0) {
+            free(wa);
+            p->n = i; /* run with the threads we got */
+            break;
+        }
+    }
+    return p;
+}
+
+static void pool_free(Pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++) pthread_join(p->th[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->th);
+    free(p);
+}
+
+static void pool_run(Pool *p, job_fn fn, void *ctx) {
+    if (p->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store(&p->done, 0);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (atomic_load(&p->sleepers)) pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, 0, p->n);
+    while (atomic_load_explicit(&p->done, memory_order_acquire) != p->n - 1) cpu_relax();
+}
+
+/* sense-reversing barrier; *sense is the thread's own copy */
+static void barrier(Pool *p, int *sense) {
+    if (p->n == 1) return;
+    int s = !*sense;
+    *sense = s;
+    if (atomic_fetch_add_explicit(&p->bar_count, 1, memory_order_acq_rel) == p->n - 1) {
+        atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->bar_sense, s, memory_order_release);
+    } else {
+        while (atomic_load_explicit(&p->bar_sense, memory_order_acquire) != s) cpu_relax();
+    }
+}
+
+/* rows [r0, r1) of n for thread tid of nth, in multiples of `align` */
+static void split(int n, int tid, int nth, int align, int *r0, int *r1) {
+    int units = (n + align - 1) / align;
+    int a = (int)((long)units * tid / nth), b = (int)((long)units * (tid + 1) / nth);
+    *r0 = a * align < n ? a * align : n;
+    *r1 = b * align < n ? b * align : n;
+}
+
+/* -------------------------------------------------------------------- model */
+
+typedef struct {
+    Mat qkv, o, gu, down;
+    const float *b_qkv, *b_o, *b_gu, *b_down; /* may be NULL */
+    const float *ln1, *ln2;                   /* NULL when folded into the float weights */
+    const float *qk_norm;                     /* (nh + nkv, d) or NULL */
+    float *kc, *vc;                           /* (nkv, cap, d) */
+    int cap;
+} Layer;
+
+typedef struct {
+    float *xn;  /* H or inter: normalised / activation input (float form) */
+    int16_t *q; /* its int16 codes */
+    float *d, *sum;
+    float *tmp;    /* 2 * chunk of gate/up rows */
+    float *scores; /* attention scores, cap */
+    int scores_cap;
+} Scratch;
+
+typedef struct {
+    int nl, H, nh, nkv, d, inter, V;
+    float eps;
+    Layer *layers;
+    Mat head;
+    const float *norm;
+    const float *embed; /* (V, H) float rows */
+    const int32_t *perm; /* rope: the partner index of each of the d dims */
+    float *x, *qkv, *att, *act;
+    Scratch *scr; /* one per thread */
+    Pool *pool;
+    int nth;
+    /* per call */
+    int token, slot, T;
+    const float *cos, *sin;
+    float *logits;
+} Model;
+
+void syn_free(Model *m);
+
+Model *syn_new(int nl, int H, int nh, int nkv, int d, int inter, int V, float eps, int threads, int spin) {
+    Model *m = (Model *)calloc(1, sizeof(Model));
+    if (!m) return NULL;
+    m->nl = nl, m->H = H, m->nh = nh, m->nkv = nkv, m->d = d, m->inter = inter, m->V = V, m->eps = eps;
+    m->layers = (Layer *)calloc((size_t)nl, sizeof(Layer));
+    int nqkv = (nh + 2 * nkv) * d, big = H > inter ? H : inter;
+    if (nh * d > big) big = nh * d;
+    m->x = (float *)calloc((size_t)H, sizeof(float));
+    m->qkv = (float *)calloc((size_t)nqkv, sizeof(float));
+    m->att = (float *)calloc((size_t)nh * d, sizeof(float));
+    m->act = (float *)calloc((size_t)inter, sizeof(float));
+    m->pool = pool_new(threads, spin);
+    m->nth = m->pool ? m->pool->n : 0;
+    m->scr = (Scratch *)calloc((size_t)(m->nth > 0 ? m->nth : 1), sizeof(Scratch));
+    int bad = !m->layers || !m->x || !m->qkv || !m->att || !m->act || !m->pool || !m->scr;
+    for (int t = 0; !bad && t < m->nth; t++) {
+        Scratch *s = &m->scr[t];
+        s->xn = (float *)calloc((size_t)big, sizeof(float));
+        s->q = (int16_t *)calloc((size_t)big, sizeof(int16_t));
+        s->d = (float *)calloc((size_t)big / BLK + 1, sizeof(float));
+        s->sum = (float *)calloc((size_t)big / BLK + 1, sizeof(float));
+        s->tmp = (float *)calloc((size_t)2 * big, sizeof(float));
+        bad = !s->xn || !s->q || !s->d || !s->sum || !s->tmp;
+    }
+    if (bad) {
+        syn_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+int syn_threads(Model *m) { return m->nth; }
+
+void syn_free(Model *m) {
+    if (!m) return;
+    pool_free(m->pool);
+    for (int t = 0; m->scr && t < m->nth; t++) {
+        Scratch *s = &m->scr[t];
+        free(s->xn), free(s->q), free(s->d), free(s->sum), free(s->tmp), free(s->scores);
+    }
+    free(m->scr), free(m->layers), free(m->x), free(m->qkv), free(m->att), free(m->act);
+    free(m);
+}
+
+static void set_mat(Mat *m, int kind, int N, int K, int group, const void *w, const float *s, const float *b) {
+    int gshift = 0;
+    while ((BLK << gshift) < group) gshift++;
+    m->kind = kind, m->N = N, m->K = K, m->gshift = gshift, m->w = w, m->s = s, m->b = b;
+}
+
+/* mats: kinds/groups for qkv, o, gu, down; w/s/b pointers in the same order */
+void syn_set_layer(Model *m, int i, const int *kinds, const int *groups, const void **w, const float **s,
+                   const float **b, const float **vec) {
+    Layer *L = &m->layers[i];
+    int H = m->H, nqkv = (m->nh + 2 * m->nkv) * m->d, nq = m->nh * m->d;
+    set_mat(&L->qkv, kinds[0], nqkv, H, groups[0], w[0], s[0], b[0]);
+    set_mat(&L->o, kinds[1], H, nq, groups[1], w[1], s[1], b[1]);
+    set_mat(&L->gu, kinds[2], 2 * m->inter, H, groups[2], w[2], s[2], b[2]);
+    set_mat(&L->down, kinds[3], H, m->inter, groups[3], w[3], s[3], b[3]);
+    L->b_qkv = vec[0], L->b_o = vec[1], L->b_gu = vec[2], L->b_down = vec[3];
+    L->ln1 = vec[4], L->ln2 = vec[5], L->qk_norm = vec[6];
+}
+
+/* lm_head matrix, final norm weight (NULL when folded), float embedding rows (V, H),
+   rope partner index per head dim */
+void syn_set_head(Model *m, int kind, int group, const void *w, const float *s, const float *b, const float *norm,
+                  const float *embed, const int32_t *perm) {
+    set_mat(&m->head, kind, m->V, m->H, group, w, s, b);
+    m->norm = norm;
+    m->embed = embed;
+    m->perm = perm;
+}
+
+int syn_set_cache(Model *m, int i, float *kc, float *vc, int cap) {
+    Layer *L = &m->layers[i];
+    L->kc = kc, L->vc = vc, L->cap = cap;
+    for (int t = 0; t < m->nth; t++) {
+        Scratch *s = &m->scr[t];
+        if (s->scores_cap < cap) {
+            float *n = (float *)realloc(s->scores, (size_t)cap * sizeof(float));
+            if (!n) return -1;
+            s->scores = n;
+            s->scores_cap = cap;
+        }
+    }
+    return 0;
+}
+
+static void rms_to(const float *x, const float *w, int n, float eps, float *out) {
+    float ss = 0.f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.f / sqrtf(ss / (float)n + eps);
+    if (w)
+        for (int i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+    else
+        for (int i = 0; i < n; i++) out[i] = x[i] * r;
+}
+
+/* make `a` (in thread scratch) the activation form of float vector v for matrix kind */
+static void prep(Scratch *s, const float *v, int n, int kind, Act *a) {
+    if (v != s->xn) memcpy(s->xn, v, (size_t)n * sizeof(float));
+    a->f = s->xn;
+    if (kind != KIND_F32) quantize_act(s->xn, n, s->q, s->d, s->sum);
+    a->q = s->q, a->d = s->d, a->sum = s->sum;
+}
+
+static void rope(float *v, const float *cos, const float *sin, const int32_t *perm, int d, float *tmp) {
+    for (int i = 0; i < d; i++) tmp[i] = v[i] * cos[i] + v[perm[i]] * sin[i];
+    memcpy(v, tmp, (size_t)d * sizeof(float));
+}
+
+static void head_norm(float *v, const float *w, int d, float eps) {
+    float ss = 0.f;
+    for (int i = 0; i < d; i++) ss += v[i] * v[i];
+    float r = 1.f / sqrtf(ss / (float)d + eps);
+    for (int i = 0; i < d; i++) v[i] = v[i] * r * w[i];
+}
+
+static void attend(Model *m, Layer *L, int tid, int nth, Scratch *s) {
+    const int d = m->d, nh = m->nh, nkv = m->nkv, g = nh / nkv, T = m->T;
+    float rtmp[512];
+    int h0, h1;
+    split(nkv, tid, nth, 1, &h0, &h1);
+    for (int h = h0; h < h1; h++) {
+        float *k = m->qkv + (size_t)(nh + h) * d, *v = m->qkv + (size_t)(nh + nkv + h) * d;
+        if (L->qk_norm) head_norm(k, L->qk_norm + (size_t)(nh + h) * d, d, m->eps);
+        rope(k, m->cos, m->sin, m->perm, d, rtmp);
+        float *kc = L->kc + (size_t)h * L->cap * d, *vc = L->vc + (size_t)h * L->cap * d;
+        memcpy(kc + (size_t)m->slot * d, k, (size_t)d * sizeof(float));
+        memcpy(vc + (size_t)m->slot * d, v, (size_t)d * sizeof(float));
+        for (int j = 0; j < g; j++) {
+            int qh = h * g + j;
+            float *q = m->qkv + (size_t)qh * d;
+            if (L->qk_norm) head_norm(q, L->qk_norm + (size_t)qh * d, d, m->eps);
+            rope(q, m->cos, m->sin, m->perm, d, rtmp);
+            float *sc = s->scores, mx = -INFINITY;
+            for (int t = 0; t < T; t++) {
+                float v2 = dot_f32(kc + (size_t)t * d, q, d);
+                sc[t] = v2;
+                mx = v2 > mx ? v2 : mx;
+            }
+            float den = 0.f;
+            for (int t = 0; t < T; t++) {
+                sc[t] = expf(sc[t] - mx);
+                den += sc[t];
+            }
+            float *o = m->att + (size_t)qh * d;
+            for (int i = 0; i < d; i++) o[i] = 0.f;
+            for (int t = 0; t < T; t++) {
+                const float *vr = vc + (size_t)t * d;
+                float p = sc[t];
+                for (int i = 0; i < d; i++) o[i] += p * vr[i];
+            }
+            float inv = 1.f / den;
+            for (int i = 0; i < d; i++) o[i] *= inv;
+        }
+    }
+}
+
+static inline float silu(float g) { return g / (1.f + expf(-g)); }
+
+static void decode_body(void *ctx, int tid, int nth) {
+    Model *m = (Model *)ctx;
+    Pool *p = m->pool;
+    Scratch *s = &m->scr[tid];
+    int sense = atomic_load(&p->bar_sense);
+    const int H = m->H, I = m->inter, d = m->d;
+    Act a;
+    int r0, r1;
+
+    if (tid == 0) memcpy(m->x, m->embed + (size_t)m->token * H, (size_t)H * sizeof(float));
+    barrier(p, &sense);
+
+    for (int l = 0; l < m->nl; l++) {
+        Layer *L = &m->layers[l];
+        /* qkv */
+        rms_to(m->x, L->ln1, H, m->eps, s->xn);
+        prep(s, s->xn, H, L->qkv.kind, &a);
+        split(L->qkv.N, tid, nth, 16, &r0, &r1);
+        matvec_rows(&L->qkv, &a, r0, r1, m->qkv + r0);
+        if (L->b_qkv)
+            for (int r = r0; r < r1; r++) m->qkv[r] += L->b_qkv[r];
+        barrier(p, &sense);
+        attend(m, L, tid, nth, s);
+        barrier(p, &sense);
+        /* o + residual */
+        prep(s, m->att, m->nh * d, L->o.kind, &a);
+        split(H, tid, nth, 16, &r0, &r1);
+        matvec_rows(&L->o, &a, r0, r1, s->tmp);
+        for (int r = r0; r < r1; r++) m->x[r] += s->tmp[r - r0] + (L->b_o ? L->b_o[r] : 0.f);
+        barrier(p, &sense);
+        /* gate|up -> silu(gate) * up */
+        rms_to(m->x, L->ln2, H, m->eps, s->xn);
+        prep(s, s->xn, H, L->gu.kind, &a);
+        split(I, tid, nth, BLK, &r0, &r1);
+        matvec_rows(&L->gu, &a, r0, r1, s->tmp);
+        matvec_rows(&L->gu, &a, I + r0, I + r1, s->tmp + (r1 - r0));
+        for (int r = r0; r < r1; r++) {
+            float gt = s->tmp[r - r0], up = s->tmp[r1 - r0 + r - r0];
+            if (L->b_gu) gt += L->b_gu[r], up += L->b_gu[I + r];
+            m->act[r] = silu(gt) * up;
+        }
+        barrier(p, &sense);
+        /* down + residual */
+        prep(s, m->act, I, L->down.kind, &a);
+        split(H, tid, nth, 16, &r0, &r1);
+        matvec_rows(&L->down, &a, r0, r1, s->tmp);
+        for (int r = r0; r < r1; r++) m->x[r] += s->tmp[r - r0] + (L->b_down ? L->b_down[r] : 0.f);
+        barrier(p, &sense);
+    }
+    if (!m->logits) return;
+    rms_to(m->x, m->norm, H, m->eps, s->xn);
+    prep(s, s->xn, H, m->head.kind, &a);
+    split(m->V, tid, nth, 64, &r0, &r1);
+    matvec_rows(&m->head, &a, r0, r1, m->logits + r0);
+}
+
+/* One token through the model: writes its keys/values at `slot` of every
+   layer's cache, attends over slots [0, T), fills logits (V) unless NULL. */
+int syn_decode(Model *m, int token, int slot, int T, const float *cos, const float *sin, float *logits) {
+    if (token < 0 || token >= m->V || slot < 0 || T < 1) return -1;
+    for (int l = 0; l < m->nl; l++)
+        if (!m->layers[l].kc || slot >= m->layers[l].cap || T > m->layers[l].cap) return -2;
+    m->token = token, m->slot = slot, m->T = T, m->cos = cos, m->sin = sin, m->logits = logits;
+    pool_run(m->pool, decode_body, m);
+    return 0;
+}
+
+/* ------------------------------------------------ kernels exposed for tests */
+
+typedef struct {
+    const Mat *m;
+    Act a;
+    float *y;
+} MvJob;
+
+static void mv_body(void *ctx, int tid, int nth) {
+    MvJob *j = (MvJob *)ctx;
+    int r0, r1;
+    split(j->m->N, tid, nth, 16, &r0, &r1);
+    matvec_rows(j->m, &j->a, r0, r1, j->y + r0);
+}
+
+/* y = W x for one matrix, on the model's threads (m may be any engine) */
+int syn_matvec(Model *m, int kind, int N, int K, int group, const void *w, const float *s, const float *b,
+               const float *x, float *y) {
+    if (K % BLK && kind != KIND_F32) return -1;
+    Mat mat;
+    set_mat(&mat, kind, N, K, group, w, s, b);
+    int nb = K / BLK + 1;
+    int16_t *q = (int16_t *)malloc((size_t)K * sizeof(int16_t) + 1);
+    float *d = (float *)malloc((size_t)nb * sizeof(float)), *sum = (float *)malloc((size_t)nb * sizeof(float));
+    if (!q || !d || !sum) {
+        free(q), free(d), free(sum);
+        return -3;
+    }
+    MvJob j = {&mat, {x, q, d, sum}, y};
+    if (kind != KIND_F32) quantize_act(x, K, q, d, sum);
+    pool_run(m->pool, mv_body, &j);
+    free(q), free(d), free(sum);
+    return 0;
+}
+
+/* The int16 activation codes the kernels use (for tests). */
+void syn_quantize_act(const float *x, int K, int16_t *q, float *d, float *sum) { quantize_act(x, K, q, d, sum); }

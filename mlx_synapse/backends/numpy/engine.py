@@ -1,0 +1,150 @@
+"""The compiled decode path of the NumPy backend: one C call per token.
+
+:class:`DecodeEngine` hands the C engine (``kernels/csrc/synapse_cpu.c``)
+pointers to the model's weights -- 4/8-bit codes where the checkpoint is
+quantized, the NumPy backend's own float32 rows elsewhere -- and to each
+layer's KV cache buffers.  A decode step is then: Python reserves the cache
+slot (the same ``KVCache`` / ``RotatingKVCache`` objects the NumPy path and
+prefill use), one ``syn_decode`` call runs every layer and the lm_head on the
+engine's threads, and the logits land in a preallocated buffer.
+
+Threads: ``MLX_SYNAPSE_THREADS`` (default: the CPUs this process may run on);
+1 is the single-thread mode.  ``MLX_SYNAPSE_NATIVE=0`` turns the engine off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import weakref
+from typing import Optional
+
+import numpy as np
+
+from mlx_synapse.kernels import native
+from mlx_synapse.kernels.native import KIND_F32, QMat
+
+from .cache import KVCache, RotatingKVCache
+
+
+def default_threads() -> int:
+    v = os.environ.get("MLX_SYNAPSE_THREADS", "").strip()
+    if v:
+        try:
+            return max(1, int(v))
+        except ValueError:
+            raise ValueError(f"MLX_SYNAPSE_THREADS must be a positive integer, got {v!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def _f32_rows(w_t: np.ndarray) -> QMat:
+    """A NumPy-backend ``[in, out]`` weight (a transposed view of contiguous rows) as engine rows."""
+    rows = w_t.T
+    if not rows.flags.c_contiguous:
+        rows = np.ascontiguousarray(rows)
+    return QMat(KIND_F32, rows)
+
+
+def _ptr(a: Optional[np.ndarray]):
+    return None if a is None else a.ctypes.data
+
+
+class DecodeEngine:
+    """Decode steps of one :class:`~.model.NumpyModel` through the C engine."""
+
+    def __init__(self, model, threads: Optional[int] = None, lib=None):
+        lib = lib if lib is not None else native.library()
+        if lib is None:
+            raise RuntimeError(native.build_error() or "the CPU engine is disabled (MLX_SYNAPSE_NATIVE=0)")
+        a = model.args
+        if a.head_dim > 512:
+            raise ValueError(f"[DecodeEngine] head_dim {a.head_dim} > 512 is not supported")
+        self.lib = lib
+        self.threads = threads or default_threads()
+        self._keep = []  # every array whose pointer the engine holds
+        ctx = lib.syn_new(a.num_layers, a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim,
+                          a.intermediate_size, a.vocab_size, float(a.rms_norm_eps), self.threads, 20000)
+        if not ctx:
+            raise MemoryError("[DecodeEngine] could not allocate the engine")
+        self._ctx = ctx
+        self._finalizer = weakref.finalize(self, lib.syn_free, ctx)
+        self.threads = lib.syn_threads(ctx)
+        w = model.weights
+        self.kinds = set()
+        for i, lw in enumerate(w.layers):
+            pk = lw.packed or {}
+            mats = [
+                pk.get("qkv") or _f32_rows(lw.w_qkv),
+                pk.get("o") or _f32_rows(lw.w_o),
+                pk.get("gu") or _f32_rows(lw.w_gu),
+                pk.get("down") or _f32_rows(lw.w_down),
+            ]
+            vecs = [lw.b_qkv, lw.b_o, lw.b_gu, lw.b_down, pk.get("ln1"), pk.get("ln2"), lw.qk_norm]
+            vecs = [None if v is None else np.ascontiguousarray(v, np.float32) for v in vecs]
+            self._keep += mats + vecs
+            self.kinds.update(m.kind for m in mats)
+            ptrs = [m.pointers() for m in mats]
+            kinds = (ctypes.c_int * 4)(*[p[0] for p in ptrs])
+            groups = (ctypes.c_int * 4)(*[p[1] for p in ptrs])
+            ws = (ctypes.c_void_p * 4)(*[p[2] for p in ptrs])
+            ss = (ctypes.c_void_p * 4)(*[p[3] for p in ptrs])
+            bs = (ctypes.c_void_p * 4)(*[p[4] for p in ptrs])
+            vs = (ctypes.c_void_p * 7)(*[_ptr(v) for v in vecs])
+            lib.syn_set_layer(ctx, i, kinds, groups, ws, ss, bs, vs)
+        head = w.packed_head or _f32_rows(w.lm_head_t)
+        embed = w.embed if w.embed is not None else w.lm_head_t.T
+        embed = np.ascontiguousarray(embed, np.float32)
+        perm = np.ascontiguousarray(model.rope.perm, np.int32)
+        self._keep += [head, embed, perm, w.norm]
+        self.kinds.add(head.kind)
+        k, g, pw, ps, pb = head.pointers()
+        lib.syn_set_head(ctx, k, g, pw, ps, pb, _ptr(w.norm), _ptr(embed), _ptr(perm))
+        self.weight_bytes = sum(m.nbytes for m in self._keep if isinstance(m, QMat))
+        self._rope = model.rope
+        self._shape = (a.num_kv_heads, a.head_dim)
+        self._bound = None  # the layer-0 key buffer the engine's cache pointers were set from
+        self.logits = np.empty(a.vocab_size, np.float32)
+
+    @property
+    def simd(self) -> str:
+        return self.lib.syn_simd().decode()
+
+    @staticmethod
+    def supports(cache) -> bool:
+        return bool(cache) and all(type(c) in (KVCache, RotatingKVCache) for c in cache)
+
+    def _bind(self, cache) -> None:
+        for i, c in enumerate(cache):
+            cap = c.keys.shape[1]
+            if self.lib.syn_set_cache(self._ctx, i, c.keys.ctypes.data, c.values.ctypes.data, cap) != 0:
+                raise MemoryError("[DecodeEngine] could not grow the attention scratch")
+        self._bound = cache[0].keys
+
+    def step(self, token: int, cache, logits: bool = True) -> Optional[np.ndarray]:
+        """Run ``token`` at the caches' next position; the logits buffer (overwritten next step)."""
+        pos = cache[0].offset
+        slots = [c.reserve_decode_slot(self._shape) for c in cache]
+        slot, T = slots[0]
+        if cache[0].keys is not self._bound:
+            self._bind(cache)
+        cos, sin = self._rope.tables(pos, 1)
+        out = self.logits if logits else None
+        rc = self.lib.syn_decode(self._ctx, int(token), slot, T, cos.ctypes.data, sin.ctypes.data, _ptr(out))
+        if rc != 0:
+            raise RuntimeError(f"[DecodeEngine] decode failed (code {rc}) at position {pos}")
+        return out
+
+    def matvec(self, m: QMat, x: np.ndarray) -> np.ndarray:
+        """``W @ x`` for one matrix on the engine's threads (what the tests check kernels with)."""
+        x = np.ascontiguousarray(x, np.float32)
+        if x.shape != (m.K,):
+            raise ValueError(f"[DecodeEngine.matvec] x has shape {x.shape}, expected ({m.K},)")
+        y = np.empty(m.N, np.float32)
+        k, g, pw, ps, pb = m.pointers()
+        rc = self.lib.syn_matvec(self._ctx, k, m.N, m.K, g, pw, ps, pb, x.ctypes.data, y.ctypes.data)
+        if rc != 0:
+            raise ValueError(f"[DecodeEngine.matvec] kernel refused the shapes (code {rc})")
+        return y

@@ -52,7 +52,7 @@ def one_thread_env(env: dict) -> dict:
     """Environment that keeps every BLAS / OpenMP / numba pool at one thread."""
     env = dict(env)
     for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                "NUMBA_NUM_THREADS", "MLX_SYNAPSE_DECODE_THREADS"):
+                "NUMBA_NUM_THREADS", "MLX_SYNAPSE_DECODE_THREADS", "MLX_SYNAPSE_THREADS"):
         env[key] = "1"
     return env
 
@@ -192,10 +192,18 @@ class NumpyRunner(Runner):
         from mlx_synapse.backends.numpy import generate_step, load_model
 
         self.model = load_model(path)
+        if threads:
+            self.model.use_engine(True, threads=threads)
+        eng = self.model.engine
         self._step = generate_step
         self.weight_bytes = numpy_bytes(self.model.weights)
-        super().__init__(name, {"backend": "mlx_synapse[numpy]", "device": "cpu", "threads": threads,
-                                "weights": "float32 (expanded at load)"})
+        info = {"backend": "mlx_synapse[numpy]", "device": "cpu", "threads": threads,
+                "weights": "float32 (expanded at load)", "engine": self.model.engine_status}
+        if eng is not None:
+            kinds = {0: "float32", 1: "4-bit", 2: "8-bit"}
+            info.update(threads=eng.threads, engine=f"C engine ({eng.simd})", decode_bytes=eng.weight_bytes,
+                        weights="decode: " + "+".join(kinds[k] for k in sorted(eng.kinds)) + " codes; prefill: float32")
+        super().__init__(name, info)
 
     def generate(self, ids, n):
         for tok, _ in self._step(ids, self.model, max_tokens=n):

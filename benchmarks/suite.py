@@ -238,6 +238,9 @@ def _summary(result: dict) -> list:
                      "j_per_gen_token": gen_j,
                      "measured_energy": bool(result.get("meter") and result["meter"].get("measured")),
                      "trials": len(recs), "tokens": recs[0]["tokens"]})
+        dbytes = (result.get("info") or {}).get("decode_bytes")
+        if dbytes and rows[-1]["gen_tps"]:
+            rows[-1]["gen_gbps"] = rows[-1]["gen_tps"] * dbytes / 1e9  # weight bytes streamed per second
     return rows
 
 
@@ -403,8 +406,8 @@ def print_tables(report: dict, file=None) -> None:
       f"after {report['args']['warmup']} warm-up")
     p("")
     p("| weights | runner | backend | device | prompt | gen | prompt tok/s | gen tok/s | TTFT ms | backend peak MB | "
-      "RSS peak MB | J/prompt tok | J/gen tok | same tokens |")
-    p("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "RSS peak MB | J/prompt tok | J/gen tok | same tokens | gen GB/s |")
+    p("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     info = {(r["runner"], r["form"]): r.get("info", {}) for r in report["results"]}
     for row in report["summary"]:
         i = info.get((row["runner"], row["form"]), {})
@@ -415,7 +418,13 @@ def print_tables(report: dict, file=None) -> None:
           f"{_fmt(row['rss_peak_bytes'], '.0f', 1e-6)} | "
           f"{_fmt(row['j_per_prompt_token'], '.4f')}{est if row['j_per_prompt_token'] else ''} | "
           f"{_fmt(row['j_per_gen_token'], '.3f')}{est if row['j_per_gen_token'] else ''} | "
-          f"{_fmt(row.get('agree'), '.0f', 100, '%')} |")
+          f"{_fmt(row.get('agree'), '.0f', 100, '%')} | {_fmt(row.get('gen_gbps'))} |")
+    bw = report.get("bandwidth")
+    if bw:
+        p("")
+        p("Memory read bandwidth measured here (engine threads streaming 512 MB, best of 5): "
+          + ", ".join(f"{v:.1f} GB/s on {k} thread(s)" for k, v in sorted(bw.items(), key=lambda kv: int(kv[0]))))
+        p("gen GB/s = generation tok/s x the weight bytes the engine reads per token (codes, scales, biases, float rows).")
     for r in report["results"]:
         if "error" in r:
             p(f"| {r['form']} | {r['runner']} | failed: {r['error']} |")
@@ -539,6 +548,14 @@ def main(argv: Optional[list] = None) -> int:
         _, meter_notes = pick_meter(args.energy, device=device, watts=args.watts, gpu_index=args.gpu_index)
         notes += meter_notes
         report["idle"] = measure_idle(args.energy, args.watts, args.idle_seconds, device, args.gpu_index)
+
+    if any(n in ("numpy", "single-thread") for n in names):
+        from mlx_synapse.backends.numpy.engine import default_threads
+        from mlx_synapse.kernels.native import read_bandwidth
+
+        counts = sorted({1, args.threads or default_threads()})
+        bw = {str(t): read_bandwidth(t) for t in counts}
+        report["bandwidth"] = {k: v for k, v in bw.items() if v is not None}
 
     base_env = dict(os.environ)
     for form, path in forms.items():

@@ -75,10 +75,13 @@ def _compiler() -> Optional[str]:
 
 
 def _flag_sets(generic: bool) -> List[List[str]]:
-    base = ["-O3", "-fPIC", "-pthread", "-std=c11"]
+    # -fno-trapping-math / -fno-math-errno: lets branches on floats become vector blends;
+    # no result changes (only floating-point exception flags and errno are given up).
+    base = ["-O3", "-fPIC", "-pthread", "-std=c11", "-fno-trapping-math", "-fno-math-errno"]
+    simd = ["-fopenmp-simd"]  # vectorises the `omp simd` reductions; no OpenMP runtime
     if generic:
-        return [base + ["-DSYNAPSE_GENERIC"]]
-    return [base + ["-march=native"], base + ["-mcpu=native"], base]
+        return [base + simd + ["-DSYNAPSE_GENERIC"], base + ["-DSYNAPSE_GENERIC"]]
+    return [base + simd + ["-march=native"], base + ["-march=native"], base + simd + ["-mcpu=native"], base]
 
 
 def _compile(cc: str, flags: List[str], out: Path) -> Tuple[bool, str]:
@@ -113,6 +116,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         "syn_decode": ([vp, i, i, i, fp, fp, fp], i),
         "syn_matvec": ([vp, i, i, i, i, vp, fp, fp, fp, fp], i),
         "syn_quantize_act": ([fp, i, ip, fp, fp], None),
+        "syn_read_words": ([vp, vp, ctypes.c_size_t], ctypes.c_uint64),
+        "syn_softmax_causal": ([vp, fp, i, i, i, i], None),
+        "syn_silu_mul": ([vp, fp, i, i, fp], None),
+        "syn_rope": ([vp, fp, i, i, i, fp, fp], None),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -222,6 +229,31 @@ def quantize_act_reference(x: np.ndarray):
     inv = np.where(amax > 0, np.float32(32767) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
     q = np.rint(x * inv[:, None]).astype(np.int16)
     return q.reshape(-1), (amax / np.float32(32767)).astype(np.float32), x.sum(axis=1, dtype=np.float32)
+
+
+def read_bandwidth(threads: int, mbytes: int = 512, repeats: int = 5) -> Optional[float]:
+    """Best of ``repeats`` reads of a ``mbytes`` buffer on ``threads`` engine threads, in GB/s
+    (what a decode step's weight streaming can reach here); None without the engine."""
+    import time
+
+    lib = library()
+    if lib is None:
+        return None
+    buf = np.ones(mbytes * (1 << 20) // 4, np.uint32)
+    ctx = lib.syn_new(1, 32, 1, 1, 32, 32, 1, 1e-5, threads, 20000)
+    if not ctx:
+        return None
+    try:
+        best = float("inf")
+        lib.syn_read_words(ctx, buf.ctypes.data, buf.size)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            if lib.syn_read_words(ctx, buf.ctypes.data, buf.size) != buf.size:
+                raise RuntimeError("[native] read probe summed wrongly")
+            best = min(best, time.perf_counter() - t)
+        return buf.nbytes / best / 1e9
+    finally:
+        lib.syn_free(ctx)
 
 
 class QMat:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -25,14 +26,22 @@ def mlx_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    """Pick the backend: ``auto`` prefers MLX on a GPU and NumPy on a CPU.
+    """Pick the backend: ``auto`` is the one measured fastest on this machine.
 
-    On MLX's CPU backend, float matmuls run far below NumPy/OpenBLAS (see
-    benchmarks/README.md), so a machine without Metal or CUDA decodes faster
-    with the NumPy backend.
+    ``backend_choice.choose`` times both decode paths once and caches the answer
+    (``$MLX_SYNAPSE_CACHE/backend.json``); ``MLX_SYNAPSE_BACKEND=mlx|numpy``
+    overrides it, as does naming the backend.  Without MLX it is NumPy.
     """
     if backend not in BACKENDS:
         raise ValueError(f"[load] backend must be one of {', '.join(BACKENDS)} but got {backend!r}.")
+    if backend == "auto":
+        env = os.environ.get("MLX_SYNAPSE_BACKEND", "").strip().lower()
+        if env in ("mlx", "numpy"):
+            backend = env
+        elif env not in ("", "auto", "remeasure"):
+            raise ValueError(
+                f"[load] MLX_SYNAPSE_BACKEND must be mlx, numpy, auto or remeasure but got {env!r}."
+            )
     if backend != "auto":
         if backend == "mlx" and not mlx_available():
             raise ValueError(
@@ -42,9 +51,10 @@ def resolve_backend(backend: str = "auto") -> str:
         return backend
     if not mlx_available():
         return "numpy"
-    import mlx.core as mx
+    from . import backend_choice
 
-    return "mlx" if mx.default_device() == mx.gpu else "numpy"
+    remeasure = os.environ.get("MLX_SYNAPSE_BACKEND", "").strip().lower() == "remeasure"
+    return backend_choice.choose(remeasure=remeasure, log=lambda m: print(m, file=sys.stderr))["backend"]
 
 
 def resolve_model_path(path_or_repo: Union[str, Path], revision: Optional[str] = None) -> Path:

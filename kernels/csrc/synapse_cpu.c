@@ -58,6 +58,27 @@
 
 int syn_abi_version(void) { return ABI_VERSION; }
 
+/* exp for x <= 0 (softmax, silu of a positive gate): 2^(x log2 e) as 2^floor * a degree-6
+   polynomial of the fraction; relative error < 2e-7; plain C that compilers vectorize. */
+static inline float exp_neg(float x) {
+    x = x < -87.f ? -87.f : x;
+    float t = x * 1.44269504088896341f;
+    float fi = floorf(t), f = t - fi;
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } e;
+    e.i = ((int32_t)fi + 127) << 23;
+    return p * e.f;
+}
+
 const char *syn_simd(void) {
 #if defined(USE_AVX512)
     return "avx512bw";
@@ -322,7 +343,8 @@ typedef struct {
     atomic_int bar_count, bar_sense;
     job_fn fn;
     void *ctx;
-    int spin;
+    int spin;              /* pause iterations a worker spins before sleeping ... */
+    atomic_int spin_next;  /* ... after the current job: 0 when the caller goes on to BLAS work */
 } Pool;
 
 typedef struct {
@@ -335,10 +357,10 @@ static void *worker_main(void *arg) {
     Pool *p = wa->p;
     int tid = wa->tid;
     free(wa);
-    int seen = atomic_load(&p->gen);
+    int seen = 0; /* gen starts at 0; a job posted before this thread runs is still seen as new */
     for (;;) {
-        int g = seen;
-        for (int i = 0; i < p->spin; i++) {
+        int g = seen, spin = atomic_load_explicit(&p->spin_next, memory_order_relaxed);
+        for (int i = 0; i < spin; i++) {
             g = atomic_load_explicit(&p->gen, memory_order_acquire);
             if (g != seen || atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
             cpu_relax();
@@ -391,13 +413,16 @@ static void pool_free(Pool *p) {
     free(p);
 }
 
-static void pool_run(Pool *p, job_fn fn, void *ctx) {
+/* Run fn on every thread; `spin`: whether workers should wait spinning for the next
+   job (decode steps follow each other) or sleep at once (the caller's BLAS needs the cores). */
+static void pool_run(Pool *p, job_fn fn, void *ctx, int spin) {
     if (p->n == 1) {
         fn(ctx, 0, 1);
         return;
     }
     p->fn = fn;
     p->ctx = ctx;
+    atomic_store_explicit(&p->spin_next, spin ? p->spin : 0, memory_order_relaxed);
     atomic_store(&p->done, 0);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
@@ -610,8 +635,9 @@ static void attend(Model *m, Layer *L, int tid, int nth, Scratch *s) {
                 mx = v2 > mx ? v2 : mx;
             }
             float den = 0.f;
+#pragma omp simd reduction(+ : den)
             for (int t = 0; t < T; t++) {
-                sc[t] = expf(sc[t] - mx);
+                sc[t] = exp_neg(sc[t] - mx);
                 den += sc[t];
             }
             float *o = m->att + (size_t)qh * d;
@@ -627,7 +653,11 @@ static void attend(Model *m, Layer *L, int tid, int nth, Scratch *s) {
     }
 }
 
-static inline float silu(float g) { return g / (1.f + expf(-g)); }
+/* g * sigmoid(g) with one exp of -|g| (never overflows) */
+static inline float silu(float g) {
+    float e = exp_neg(g < 0.f ? g : -g);
+    return g * (g < 0.f ? e : 1.f) / (1.f + e);
+}
 
 static void decode_body(void *ctx, int tid, int nth) {
     Model *m = (Model *)ctx;
@@ -692,7 +722,7 @@ int syn_decode(Model *m, int token, int slot, int T, const float *cos, const flo
     for (int l = 0; l < m->nl; l++)
         if (!m->layers[l].kc || slot >= m->layers[l].cap || T > m->layers[l].cap) return -2;
     m->token = token, m->slot = slot, m->T = T, m->cos = cos, m->sin = sin, m->logits = logits;
-    pool_run(m->pool, decode_body, m);
+    pool_run(m->pool, decode_body, m, 1);
     return 0;
 }
 
@@ -726,10 +756,123 @@ int syn_matvec(Model *m, int kind, int N, int K, int group, const void *w, const
     }
     MvJob j = {&mat, {x, q, d, sum}, y};
     if (kind != KIND_F32) quantize_act(x, K, q, d, sum);
-    pool_run(m->pool, mv_body, &j);
+    pool_run(m->pool, mv_body, &j, 1);
     free(q), free(d), free(sum);
     return 0;
 }
 
 /* The int16 activation codes the kernels use (for tests). */
 void syn_quantize_act(const float *x, int K, int16_t *q, float *d, float *sum) { quantize_act(x, K, q, d, sum); }
+
+/* ------------------------------------------------ memory read bandwidth probe */
+
+typedef struct {
+    const uint32_t *buf;
+    size_t n;
+    uint64_t part[256];
+} ReadJob;
+
+static void read_body(void *ctx, int tid, int nth) {
+    ReadJob *j = (ReadJob *)ctx;
+    size_t a = j->n * (size_t)tid / (size_t)nth, b = j->n * (size_t)(tid + 1) / (size_t)nth;
+    uint64_t s = 0;
+    for (size_t i = a; i < b; i++) s += j->buf[i];
+    j->part[tid & 255] = s;
+}
+
+/* Read n words on the engine's threads (each its share); returns their sum so
+   the reads cannot be optimised away.  Timed by the caller. */
+uint64_t syn_read_words(Model *m, const uint32_t *buf, size_t n) {
+    ReadJob j;
+    memset(&j, 0, sizeof(j));
+    j.buf = buf, j.n = n;
+    pool_run(m->pool, read_body, &j, 0);
+    uint64_t s = 0;
+    for (int t = 0; t < 256; t++) s += j.part[t];
+    return s;
+}
+
+/* ------------------------------------------------ prefill helpers (NumPy path) */
+
+typedef struct {
+    float *s;
+    int rows, T, n, base;
+    const float *gu;
+    float *out;
+    int inter;
+} RowJob;
+
+static void softmax_body(void *ctx, int tid, int nth) {
+    RowJob *j = (RowJob *)ctx;
+    int r0, r1;
+    split(j->rows, tid, nth, 1, &r0, &r1);
+    const int T = j->T, n = j->n, base = j->base;
+    for (int r = r0; r < r1; r++) {
+        float *restrict row = j->s + (size_t)r * T;
+        int lim = base + r % n + 1;
+        if (lim > T) lim = T;
+        float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int t = 0; t < lim; t++) mx = row[t] > mx ? row[t] : mx;
+        float den = 0.f;
+#pragma omp simd reduction(+ : den)
+        for (int t = 0; t < lim; t++) {
+            row[t] = exp_neg(row[t] - mx);
+            den += row[t];
+        }
+        float inv = 1.f / den;
+#pragma omp simd
+        for (int t = 0; t < lim; t++) row[t] *= inv;
+        for (int t = lim; t < T; t++) row[t] = 0.f;
+    }
+}
+
+/* In place, for scores s (rows, T) whose row r is query (r mod n) at absolute position
+   base + (r mod n), keys being positions 0..T-1: causal softmax (zero past the query). */
+void syn_softmax_causal(Model *m, float *s, int rows, int T, int n, int base) {
+    RowJob j = {s, rows, T, n, base, NULL, NULL, 0};
+    (void)m; /* on the caller's thread: BLAS's own threads hold the other cores between products */
+    softmax_body(&j, 0, 1);
+}
+
+static void silu_mul_row(const float *restrict g, const float *restrict u, float *restrict o, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) {
+        float gi = g[i], e = exp_neg(gi < 0.f ? gi : -gi);
+        o[i] = gi * (gi < 0.f ? e : 1.f) / (1.f + e) * u[i];
+    }
+}
+
+static void silu_body(void *ctx, int tid, int nth) {
+    RowJob *j = (RowJob *)ctx;
+    int r0, r1;
+    split(j->rows, tid, nth, 1, &r0, &r1);
+    const int I = j->inter;
+    for (int r = r0; r < r1; r++) {
+        const float *g = j->gu + (size_t)r * 2 * I;
+        silu_mul_row(g, g + I, j->out + (size_t)r * I, I);
+    }
+}
+
+/* out (rows, inter) = silu(gate) * up for gu = [gate | up] (rows, 2 inter) */
+void syn_silu_mul(Model *m, const float *gu, int rows, int inter, float *out) {
+    RowJob j = {NULL, rows, 0, 1, 0, gu, out, inter};
+    (void)m;
+    silu_body(&j, 0, 1);
+}
+
+/* RoPE in place on x (L tokens, `heads` heads of d, token rows `stride` floats apart),
+   with cos/sin (L, d) rows of the tokens' positions and the model's partner index. */
+void syn_rope(Model *m, float *x, int L, int heads, int stride, const float *cos, const float *sin) {
+    const int d = m->d;
+    const int32_t *perm = m->perm;
+    float tmp[512];
+    for (int i = 0; i < L; i++) {
+        const float *c = cos + (size_t)i * d, *s = sin + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            float *v = x + (size_t)i * stride + (size_t)h * d;
+            for (int k = 0; k < d; k++) tmp[k] = v[k] * c[k] + v[perm[k]] * s[k];
+            memcpy(v, tmp, (size_t)d * sizeof(float));
+        }
+    }
+}

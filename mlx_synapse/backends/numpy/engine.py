@@ -137,6 +137,32 @@ class DecodeEngine:
             raise RuntimeError(f"[DecodeEngine] decode failed (code {rc}) at position {pos}")
         return out
 
+    # -- prefill helpers: one threaded pass where NumPy makes several
+    def softmax_causal(self, s: np.ndarray, n: int, base: int) -> None:
+        """In place on scores ``s`` (..., rows, T) C-contiguous: row r is query ``r % n`` at
+        position ``base + r % n`` over keys 0..T-1; masked keys get probability 0."""
+        if s.dtype != np.float32 or not s.flags.c_contiguous:
+            raise ValueError("[DecodeEngine.softmax_causal] scores must be C-contiguous float32")
+        T = s.shape[-1]
+        self.lib.syn_softmax_causal(self._ctx, s.ctypes.data, s.size // T, T, n, base)
+
+    def silu_mul(self, gu: np.ndarray, inter: int) -> np.ndarray:
+        """silu(gate) * up of ``gu = [gate | up]`` (rows, 2 inter), C-contiguous float32."""
+        if gu.dtype != np.float32 or not gu.flags.c_contiguous or gu.shape[-1] != 2 * inter:
+            raise ValueError("[DecodeEngine.silu_mul] expected C-contiguous float32 (rows, 2 * inter)")
+        out = np.empty(gu.shape[:-1] + (inter,), np.float32)
+        self.lib.syn_silu_mul(self._ctx, gu.ctypes.data, gu.size // (2 * inter), inter, out.ctypes.data)
+        return out
+
+    def rope(self, qkv: np.ndarray, heads: int, cos: np.ndarray, sin: np.ndarray) -> None:
+        """Rotate the first ``heads`` heads of each token of ``qkv`` (L, H_all, d), C-contiguous, in place;
+        cos/sin (L, 1, d) contiguous rows (``Rope.tables``)."""
+        if not (qkv.flags.c_contiguous and qkv.dtype == np.float32 and cos.flags.c_contiguous
+                and sin.flags.c_contiguous and cos.shape[0] == qkv.shape[0]):
+            raise ValueError("[DecodeEngine.rope] expected C-contiguous float32 qkv and tables")
+        L, hall, d = qkv.shape
+        self.lib.syn_rope(self._ctx, qkv.ctypes.data, L, heads, hall * d, cos.ctypes.data, sin.ctypes.data)
+
     def matvec(self, m: QMat, x: np.ndarray) -> np.ndarray:
         """``W @ x`` for one matrix on the engine's threads (what the tests check kernels with)."""
         x = np.ascontiguousarray(x, np.float32)

@@ -25,6 +25,9 @@ from .weights import LayerWeights, ModelWeights, load_weights
 # Attention scores are computed for at most this many (head, query, key)
 # entries at once; longer full-sequence forwards are split into query blocks.
 _SCORE_BUDGET = 1 << 24
+# Causal prefill splits queries into blocks of this many, each attending only to
+# the keys up to its last query (about 5/8 of the full square for four blocks).
+_CAUSAL_BLOCK = 128
 
 _max = np.maximum.reduce
 _sum = np.add.reduce
@@ -221,8 +224,11 @@ class NumpyModel:
                 x = self._step(x, lw, c, cos, sin)
         else:
             mask = cache[0].make_mask(L)
-            for lw, c in zip(self.layers, cache):
-                x = self._layer(x, lw, c, mask, cos, sin)
+            n = len(self.layers)
+            for i, (lw, c) in enumerate(zip(self.layers, cache)):
+                # The last layer only needs its keys/values (prefill), or its last row (forward_last).
+                keep = None if i < n - 1 else (0 if not final else 1 if last_only else None)
+                x = self._layer(x, lw, c, mask, cos, sin, keep)
         if not final:
             return x
         if last_only:
@@ -262,13 +268,17 @@ class NumpyModel:
         gu = xn @ lw.w_gu
         if lw.b_gu is not None:
             gu += lw.b_gu
-        out = _silu_mul(gu, self._inter) @ lw.w_down
+        eng = self.engine if gu.shape[0] > 1 else None
+        act = eng.silu_mul(gu, self._inter) if eng is not None else _silu_mul(gu, self._inter)
+        out = act @ lw.w_down
         if lw.b_down is not None:
             out += lw.b_down
         x += out
         return x
 
-    def _layer(self, x, lw: LayerWeights, c, mask, cos, sin) -> np.ndarray:
+    def _layer(self, x, lw: LayerWeights, c, mask, cos, sin, keep: Optional[int] = None) -> np.ndarray:
+        """One layer over L tokens; ``keep``: only the last ``keep`` rows' outputs are wanted
+        (0: just store the keys/values), None: all."""
         L = x.shape[0]
         nh, nkv, d = self._nh, self._nkv, self._d
         qkv = _rms_unit(x, self._eps) @ lw.w_qkv
@@ -276,22 +286,40 @@ class NumpyModel:
             qkv += lw.b_qkv
         qkv = qkv.reshape(L, nh + 2 * nkv, d)
         qk = qkv[:, : nh + nkv]
+        eng = self.engine
         if lw.qk_norm is not None:
             qk = _rms_unit(qk, self._eps)
             qk *= lw.qk_norm
-        self.rope.apply(qk, cos, sin)
+            self.rope.apply(qk, cos, sin)
+        elif eng is not None and qkv.flags.c_contiguous:
+            eng.rope(qkv, nh + nkv, cos, sin)
+        else:
+            self.rope.apply(qk, cos, sin)
         k = qk[:, nh:].transpose(1, 0, 2)
         v = qkv[:, nh + nkv :].transpose(1, 0, 2)
         keys, values = c.update_and_fetch(k, v)
-        o = self._attend(qk[:, :nh], keys, values, mask)
+        if keep == 0:
+            return x
+        # An unbounded cache hands back keys in position order: query i needs only the first offset + i + 1.
+        prefix = keys.shape[1] - L if type(c) is KVCache and mask is not None else None
+        q = qk[:, :nh]
+        if keep is not None and keep < L:
+            q, x = q[L - keep :], x[L - keep :]
+            mask = None if mask is None else mask[L - keep :]
+            prefix = None if prefix is None else prefix + L - keep
+        o = self._attend(q, keys, values, mask, prefix)
         out = o @ lw.w_o
         if lw.b_o is not None:
             out += lw.b_o
         x = x + out
         return self._mlp_residual(x, _rms_unit(x, self._eps), lw)
 
-    def _attend(self, q, keys, values, mask) -> np.ndarray:
-        """q (L, nh, d) pre-scaled, keys/values (nkv, T, d) -> (L, nh*d)."""
+    def _attend(self, q, keys, values, mask, causal_offset: Optional[int] = None) -> np.ndarray:
+        """q (L, nh, d) pre-scaled, keys/values (nkv, T, d) -> (L, nh*d).
+
+        ``causal_offset``: keys are positions 0..T-1 in order and query i sits at
+        ``causal_offset + i`` (plain causal attention), so blocks of queries skip
+        the keys after their last query."""
         L = q.shape[0]
         nh, nkv, d, g = self._nh, self._nkv, self._d, self._group
         T = keys.shape[1]
@@ -299,18 +327,28 @@ class NumpyModel:
         out = np.empty((L, nh, d), dtype=np.float32)
         qh = q.transpose(1, 0, 2).reshape(nkv, g, L, d)
         block = max(1, min(L, _SCORE_BUDGET // max(1, nh * T)))
+        eng = None
+        if causal_offset is not None:
+            block = min(block, _CAUSAL_BLOCK)
+            eng = self.engine
         for i0 in range(0, L, block):
             i1 = min(L, i0 + block)
             n = i1 - i0
+            Tb = T if causal_offset is None else causal_offset + i1
             qb = qh[:, :, i0:i1].reshape(nkv, g * n, d)
-            s = qb @ kt  # (nkv, g*n, T)
+            s = qb @ kt[:, :, :Tb]  # (nkv, g*n, Tb)
+            if causal_offset is not None and eng is not None:  # one threaded pass: mask, softmax, normalise
+                eng.softmax_causal(s, n, causal_offset + i0)
+                ob = s @ values[:, :Tb]
+                out[i0:i1] = ob.reshape(nh, n, d).transpose(1, 0, 2)
+                continue
             if mask is not None:
-                s4 = s.reshape(nkv, g, n, T)
-                s4 += mask[i0:i1]
+                s4 = s.reshape(nkv, g, n, Tb)
+                s4 += mask[i0:i1, :Tb]
             s -= s.max(axis=-1, keepdims=True)
             np.exp(s, out=s)
             den = s.sum(axis=-1, keepdims=True)
-            ob = s @ values
+            ob = s @ values[:, :Tb]
             ob /= den
             out[i0:i1] = ob.reshape(nh, n, d).transpose(1, 0, 2)
         return out.reshape(L, nh * d)

@@ -226,8 +226,10 @@ def quantize_act_reference(x: np.ndarray):
     """NumPy twin of the engine's activation quantizer: int16 codes, block scales, block sums."""
     x = np.asarray(x, np.float32).reshape(-1, BLOCK)
     amax = np.abs(x).max(axis=1)
-    inv = np.where(amax > 0, np.float32(32767) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    q = np.rint(x * inv[:, None]).astype(np.int16)
+    pre = np.where(amax < np.float32(1e-30), np.float32(2.0**100), np.float32(1)).astype(np.float32)
+    big = amax * pre
+    inv = np.where(amax > 0, np.float32(32767) / np.where(amax > 0, big, 1), 0).astype(np.float32)
+    q = np.rint((x * pre[:, None]) * inv[:, None]).astype(np.int16)
     return q.reshape(-1), (amax / np.float32(32767)).astype(np.float32), x.sum(axis=1, dtype=np.float32)
 
 

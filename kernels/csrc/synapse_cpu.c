@@ -58,24 +58,28 @@
 
 int syn_abi_version(void) { return ABI_VERSION; }
 
-/* exp for x <= 0 (softmax, silu of a positive gate): 2^(x log2 e) as 2^floor * a degree-6
-   polynomial of the fraction; relative error < 2e-7; plain C that compilers vectorize. */
+/* exp for x <= 0 (softmax, silu): x = n ln2 + r with n = rint(x / ln2) and ln2 split in two
+   (Cody-Waite), so |r| <= ln2 / 2 exactly; e^r by its degree-7 Taylor polynomial; times 2^n.
+   Relative error < 3e-7 down to x = -87 (below, the clamp: e^-87 ~ 1.6e-38); plain C that
+   compilers vectorize. */
 static inline float exp_neg(float x) {
     x = x < -87.f ? -87.f : x;
-    float t = x * 1.44269504088896341f;
-    float fi = floorf(t), f = t - fi;
-    float p = 1.535336188319500e-4f;
-    p = p * f + 1.339887440266574e-3f;
-    p = p * f + 9.618437357674640e-3f;
-    p = p * f + 5.550332471162809e-2f;
-    p = p * f + 2.402264791363012e-1f;
-    p = p * f + 6.931472028550421e-1f;
-    p = p * f + 1.0f;
+    float n = rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f; /* ln2 high part: 16 bits, so n * it is exact */
+    r = r - n * 1.428606765330187e-06f;   /* ln2 low part */
+    float p = 1.98412698e-4f;             /* 1/7! */
+    p = p * r + 1.38888889e-3f;
+    p = p * r + 8.33333333e-3f;
+    p = p * r + 4.16666667e-2f;
+    p = p * r + 1.66666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
     union {
         int32_t i;
         float f;
     } e;
-    e.i = ((int32_t)fi + 127) << 23;
+    e.i = ((int32_t)n + 127) << 23;
     return p * e.f;
 }
 
@@ -117,8 +121,10 @@ static void quantize_act(const float *x, int K, int16_t *q, float *d, float *sum
             s += xb[j];
         }
         float dd = amax / 32767.f;
-        float inv = amax > 0.f ? 32767.f / amax : 0.f;
-        for (int j = 0; j < BLK; j++) q[b * BLK + j] = (int16_t)lrintf(xb[j] * inv);
+        /* a block this small is scaled up by 2^100 first (exact) so that 32767 / amax stays finite */
+        float pre = amax < 1e-30f ? 0x1p100f : 1.f;
+        float inv = amax > 0.f ? 32767.f / (amax * pre) : 0.f;
+        for (int j = 0; j < BLK; j++) q[b * BLK + j] = (int16_t)lrintf(xb[j] * pre * inv);
         d[b] = dd;
         sum[b] = s;
     }

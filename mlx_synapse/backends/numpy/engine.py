@@ -125,6 +125,8 @@ class DecodeEngine:
 
     def step(self, token: int, cache, logits: bool = True) -> Optional[np.ndarray]:
         """Run ``token`` at the caches' next position; the logits buffer (overwritten next step)."""
+        if not 0 <= token < self.logits.shape[0]:
+            raise ValueError(f"[DecodeEngine] token id {token} out of range [0, {self.logits.shape[0]})")
         pos = cache[0].offset
         slots = [c.reserve_decode_slot(self._shape) for c in cache]
         slot, T = slots[0]

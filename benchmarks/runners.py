@@ -179,9 +179,14 @@ def numpy_bytes(obj, seen: Optional[set] = None) -> int:
         return sum(numpy_bytes(v, seen) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(numpy_bytes(v, seen) for v in obj)
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return sum(numpy_bytes(v, seen) for v in vars(obj).values())
-    return 0
+    if isinstance(obj, type):
+        return 0
+    total = 0
+    if hasattr(obj, "__dict__"):
+        total += sum(numpy_bytes(v, seen) for v in vars(obj).values())
+    for name in getattr(type(obj), "__slots__", ()):  # e.g. the engine's packed QMat
+        total += numpy_bytes(getattr(obj, name, None), seen)
+    return total
 
 
 class NumpyRunner(Runner):

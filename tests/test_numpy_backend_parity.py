@@ -221,7 +221,9 @@ def test_rotating_cache_large_window_equals_plain(llama_pair):
     assert isinstance(c_plain[0], KVCache) and isinstance(c_rot[0], RotatingKVCache)
     a = np.concatenate([model(ids[:7], c_plain), *[model(ids[i : i + 1], c_plain) for i in range(7, 25)]])
     b = np.concatenate([model(ids[:7], c_rot), *[model(ids[i : i + 1], c_rot) for i in range(7, 25)]])
-    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    # The plain cache's prefill takes the causal-block path (the engine's fused softmax, exp to
+    # < 3e-7 relative), the rotating one NumPy's masked softmax: equal to float32 rounding.
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("chunks", [[1] * 30, [12, 1, 1, 1, 5, 1, 9], [3, 9, 7, 11], [30]])

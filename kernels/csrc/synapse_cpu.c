@@ -141,6 +141,15 @@ static inline float bias_term(const float *brow, const float *xsum, int nblk, in
     return acc;
 }
 
+#if defined(USE_AVX2)
+static inline float hsum256(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+#endif
+
 /* ---- int4 / int8 rows x int16 activations ---- */
 
 static float dot_q4(const uint8_t *q, const float *s, int nblk, int gshift, const int16_t *x, const float *dx) {
@@ -180,10 +189,7 @@ static float dot_q4(const uint8_t *q, const float *s, int nblk, int gshift, cons
                                       _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), _mm256_loadu_si256(xb + 1)));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pr), _mm256_set1_ps(s[b >> gshift] * dx[b]), acc);
     }
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
+    return hsum256(acc);
 #elif defined(USE_NEON)
     float32x4_t acc = vdupq_n_f32(0.f);
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
@@ -246,10 +252,7 @@ static float dot_q8(const uint8_t *q, const float *s, int nblk, int gshift, cons
                               _mm256_loadu_si256(xb + 1)));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pr), _mm256_set1_ps(s[b >> gshift] * dx[b]), acc);
     }
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
+    return hsum256(acc);
 #elif defined(USE_NEON)
     float32x4_t acc = vdupq_n_f32(0.f);
     for (int b = 0; b < nblk; b++) {
@@ -296,11 +299,7 @@ static float dot_f32(const float *w, const float *x, int K) {
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
     }
-    a0 = _mm256_add_ps(a0, a1);
-    __m128 r = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    float acc = _mm_cvtss_f32(r);
+    float acc = hsum256(_mm256_add_ps(a0, a1));
 #elif defined(USE_NEON)
     float32x4_t a0 = vdupq_n_f32(0.f), a1 = vdupq_n_f32(0.f);
     int k = 0;

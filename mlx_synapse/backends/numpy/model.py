@@ -83,28 +83,28 @@ class NumpyModel:
 
         ``use_engine(False)`` keeps decoding on NumPy/BLAS; ``engine_status`` says which."""
         if self._engine_state == "unbuilt":
-            from mlx_synapse.kernels import native
-
-            from .engine import DecodeEngine
-
-            lib = native.library()
-            if lib is None:
-                self._engine_state = "off: " + (native.build_error() or "MLX_SYNAPSE_NATIVE=0")
-            else:
-                self._engine = DecodeEngine(self, lib=lib)
-                self._engine_state = "on"
+            self._build_engine(None)
         return self._engine
+
+    def _build_engine(self, threads: Optional[int]) -> None:
+        from mlx_synapse.kernels import native
+
+        from .engine import DecodeEngine
+
+        lib = native.library()
+        if lib is None:
+            self._engine, self._engine_state = None, "off: " + (native.build_error() or "MLX_SYNAPSE_NATIVE=0")
+        else:
+            self._engine, self._engine_state = DecodeEngine(self, threads=threads, lib=lib), "on"
 
     def use_engine(self, on: bool = True, threads: Optional[int] = None) -> None:
         """Turn the compiled decode path on (optionally with ``threads``) or off."""
         if not on:
             self._engine, self._engine_state = None, "off: use_engine(False)"
-            return
-        self._engine, self._engine_state = None, "unbuilt"
-        if threads is not None and self.engine is not None and self._engine.threads != threads:
-            from .engine import DecodeEngine
-
-            self._engine = DecodeEngine(self, threads=threads, lib=self._engine.lib)
+        elif threads is not None:
+            self._build_engine(threads)
+        else:
+            self._engine, self._engine_state = None, "unbuilt"
 
     @property
     def engine_status(self) -> str:
@@ -117,9 +117,7 @@ class NumpyModel:
         step (copy it to keep it); elsewhere a fresh array."""
         eng = self.engine
         if eng is not None and eng.supports(cache):
-            if not 0 <= token < self.vocab_size:
-                raise ValueError(f"token id {token} out of range [0, {self.vocab_size})")
-            return eng.step(token, cache)
+            return eng.step(token, cache)  # checks the token id before touching the cache
         return self._decode(self._tokens([token]), cache)
 
     # ------------------------------------------------------------------ API

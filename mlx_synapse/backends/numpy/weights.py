@@ -208,8 +208,10 @@ def load_weights(store: TensorStore, args: ModelArgs, pack: bool = True) -> Mode
             if b_qkv is not None:
                 b_qkv = b_qkv.copy()
                 b_qkv[:nq] *= scale
-        w_qkv_t *= ld.vector(p + ".input_layernorm.weight", H)[:, None]
-        w_gu_t *= ld.vector(p + ".post_attention_layernorm.weight", H)[:, None]
+        ln1 = ld.vector(p + ".input_layernorm.weight", H)
+        ln2 = ld.vector(p + ".post_attention_layernorm.weight", H)
+        w_qkv_t *= ln1[:, None]
+        w_gu_t *= ln2[:, None]
         down_bias = args.mlp_bias and args.model_type != "phi3"
         packed = None
         if pack and args.quantization is not None:
@@ -222,8 +224,8 @@ def load_weights(store: TensorStore, args: ModelArgs, pack: bool = True) -> Mode
                 qkv_p.scale_rows(slice(0, nq), float(scale))
             packed = {
                 "qkv": qkv_p, "o": ld.packed_cat([a + ".o_proj"]), "gu": gu_p, "down": ld.packed_cat([m + ".down_proj"]),
-                "ln1": ld.vector(p + ".input_layernorm.weight", H) if qkv_p is not None else None,
-                "ln2": ld.vector(p + ".post_attention_layernorm.weight", H) if gu_p is not None else None,
+                "ln1": ln1 if qkv_p is not None else None,
+                "ln2": ln2 if gu_p is not None else None,
             }
         return LayerWeights(
             w_qkv=w_qkv_t,

@@ -20,6 +20,10 @@ Packing (done once at load, :func:`pack_q4` / :func:`pack_q8`):
 * 8-bit: MLX's own bytes (element ``i`` of a row is byte ``i``);
 * scales and biases float32 ``[N, K / group]``; ``group`` a power-of-two
   multiple of 32.
+
+Prefill's GEMM reads a second form, :class:`TileMat` (``syn_pack_tiles``): rows
+in tiles of 16, each (tile, block of 32 inputs) its codes interleaved so one
+64-byte load holds 4 inputs of 16 rows, then the 16 rows' scales and biases.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ import numpy as np
 
 KIND_F32, KIND_Q4, KIND_Q8 = 0, 1, 2
 BLOCK = 32
-ABI_VERSION = 1
+PLANE_QMAX = np.float32(32639)  # the prefill GEMM's activation scale: max|v| / PLANE_QMAX
+ABI_VERSION = 2
 SOURCE = Path(__file__).with_name("csrc") / "synapse_cpu.c"
 
 _lock = threading.Lock()
@@ -120,6 +125,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         "syn_softmax_causal": ([vp, fp, i, i, i, i], None),
         "syn_silu_mul": ([vp, fp, i, i, fp], None),
         "syn_rope": ([vp, fp, i, i, i, fp, fp], None),
+        "syn_tile_bytes": ([i], i),
+        "syn_pack_tiles": ([i, i, i, i, vp, fp, fp, vp], i),
+        "syn_gemm_fast": ([], i),
+        "syn_gemm": ([vp, i, i, i, vp, fp, i, i, fp, i, i, fp, fp], i),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -233,6 +242,18 @@ def quantize_act_reference(x: np.ndarray):
     return q.reshape(-1), (amax / np.float32(32767)).astype(np.float32), x.sum(axis=1, dtype=np.float32)
 
 
+def quantize_planes_reference(v: np.ndarray):
+    """NumPy twin of the prefill GEMM's quantizer (one row v, float32): codes c (int64), block
+    scales d, and the two int8 planes hi, lo (c = 256 hi + lo) the kernel multiplies."""
+    vb = np.asarray(v, np.float32).reshape(-1, BLOCK)
+    amax = np.abs(vb).max(axis=1)
+    pre = np.where(amax < np.float32(1e-30), np.float32(2.0**100), np.float32(1)).astype(np.float32)
+    inv = np.where(amax > 0, PLANE_QMAX / np.where(amax > 0, amax * pre, 1), 0).astype(np.float32)
+    c = np.rint((vb * pre[:, None]) * inv[:, None]).astype(np.int64)
+    hi = (c + 128) >> 8
+    return c.reshape(-1), (amax / PLANE_QMAX).astype(np.float32), hi.reshape(-1), (c - 256 * hi).reshape(-1)
+
+
 def read_bandwidth(threads: int, mbytes: int = 512, repeats: int = 5) -> Optional[float]:
     """Best of ``repeats`` reads of a ``mbytes`` buffer on ``threads`` engine threads, in GB/s
     (what a decode step's weight streaming can reach here); None without the engine."""
@@ -325,3 +346,26 @@ class QMat:
         codes = unpack_q4(self.w) if self.kind == KIND_Q4 else self.w
         rep = self.group
         return (codes.astype(np.float32) * np.repeat(self.s, rep, axis=1) + np.repeat(self.b, rep, axis=1))
+
+
+class TileMat:
+    """A 4/8-bit matrix repacked into the prefill GEMM's tiles of 16 rows (see ``syn_pack_tiles``)."""
+
+    __slots__ = ("kind", "N", "K", "data")
+
+    def __init__(self, m: QMat, lib=None):
+        if m.kind not in (KIND_Q4, KIND_Q8):
+            raise ValueError("[native] only 4/8-bit matrices have a tiled form")
+        lib = lib or library()
+        if lib is None:
+            raise RuntimeError(build_error() or "the CPU engine is disabled (MLX_SYNAPSE_NATIVE=0)")
+        self.kind, self.N, self.K = m.kind, m.N, m.K
+        tiles = -(-m.N // 16)
+        self.data = np.empty(tiles * (m.K // BLOCK) * lib.syn_tile_bytes(m.kind), np.uint8)
+        k, g, pw, ps, pb = m.pointers()
+        if lib.syn_pack_tiles(k, m.N, m.K, g, pw, ps, pb, self.data.ctypes.data) != 0:
+            raise ValueError(f"[native] could not tile a {m.N}x{m.K} matrix")
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes

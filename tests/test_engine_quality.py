@@ -1,6 +1,7 @@
 """The C engine computes the same model as MLX on the default model (issue 6's acceptance):
-greedy agreement on 10 fixed prompts x 64 tokens, and WikiText-2 perplexity with every
-position a decode step of the engine."""
+greedy agreement on 10 fixed prompts x 64 tokens (prefill and decode both through the
+engine), and WikiText-2 perplexity with every position a decode step of the engine, and
+with the whole text as one prefill (its GEMM on the codes)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,5 @@ def test_engine_perplexity_matches_mlx(pair):
     ours = q.engine_ppl(np_model, ids)
     assert abs(ours / ref - 1) < 0.005, (ours, ref)
     assert np_model.engine_status == "on"
+    prefill = q.forward_ppl(np_model(ids[:-1]), ids)
+    assert abs(prefill / ref - 1) < 0.005, (prefill, ref)

@@ -557,10 +557,12 @@ def _decode(model, engine, prompt, steps, cache=None, max_kv_size=None):
         model.use_engine(False)
 
 
-def _engine(model, lib, threads=1):
+def _engine(model, lib, threads=1, prefill="float"):
+    """An engine on ``lib``; prefill on float32 BLAS by default, so that decode steps are
+    compared from the same caches (the int8 prefill GEMM has its own tests)."""
     from mlx_synapse.backends.numpy.engine import DecodeEngine
 
-    return DecodeEngine(model, threads=threads, lib=lib)
+    return DecodeEngine(model, threads=threads, lib=lib, prefill=prefill)
 
 
 def _check_quant(got, ref, label):

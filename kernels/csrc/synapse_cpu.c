@@ -17,6 +17,12 @@
  * spinning barrier separates the phases of a layer.  Workers spin briefly
  * after a token, then sleep on a condition variable.
  *
+ * Prefill of a quantized model: syn_gemm multiplies a prompt's rows by a
+ * matrix repacked into tiles of 16 rows (syn_pack_tiles), on the codes, with
+ * 16-bit activations as two int8 planes (vpdpbusd on AVX-512 VNNI); see the
+ * section at the end.  The attention, softmax, SiLU and RoPE of prefill stay
+ * in NumPy with the helpers above it.
+ *
  * Every kernel has a plain C version (SYNAPSE_GENERIC forces it); the x86
  * AVX-512BW / AVX2 and ARM NEON versions are chosen at compile time, the
  * library being compiled on the machine that runs it (-march=native).
@@ -54,7 +60,7 @@
 #define KIND_F32 0
 #define KIND_Q4 1
 #define KIND_Q8 2
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 int syn_abi_version(void) { return ABI_VERSION; }
 
@@ -488,6 +494,9 @@ typedef struct {
     const int32_t *perm; /* rope: the partner index of each of the d dims */
     float *x, *qkv, *att, *act;
     Scratch *scr; /* one per thread */
+    int8_t *pq;   /* prefill: int8 codes of the GEMM input, grown as needed */
+    float *pd, *psum;
+    size_t pq_cap;
     Pool *pool;
     int nth;
     /* per call */
@@ -538,6 +547,7 @@ void syn_free(Model *m) {
         Scratch *s = &m->scr[t];
         free(s->xn), free(s->q), free(s->d), free(s->sum), free(s->tmp), free(s->scores);
     }
+    free(m->pq), free(m->pd), free(m->psum);
     free(m->scr), free(m->layers), free(m->x), free(m->qkv), free(m->att), free(m->act);
     free(m);
 }
@@ -880,4 +890,278 @@ void syn_rope(Model *m, float *x, int L, int heads, int stride, const float *cos
             memcpy(v, tmp, (size_t)d * sizeof(float));
         }
     }
+}
+
+/* --------------------------------------------------- prefill: GEMM on packed codes
+ *
+ * Y (T, N) [+]= X (T, K) W^T for a quantized W, X optionally RMS-normalised per
+ * row and multiplied by a norm weight first.  X is quantized per block of 32 to
+ * 16-bit integers q (|q| <= 127 * 257, scale max|x| / 32639) held as two int8
+ * planes, q = 256 hi + lo (|hi| <= 127, -128 <= lo <= 127), so a block's products are
+ * exact integer sums made of u8 x s8 products (vpdpbusd): 8-bit activations
+ * alone moved the model's greedy output off the float one within a few tokens.
+ *
+ * Weights are repacked once into tiles of 16 rows: for each (row tile, block
+ * of 32 inputs), in order, the codes then 16 float scales and 16 float biases
+ * (one per row; a group wider than 32 repeats its scale in each block):
+ *   4-bit: 4 chunks of 64 bytes; in chunk c, byte 4r + j holds code
+ *          (r, 4c + j) in its low nibble and (r, 16 + 4c + j) in its high one;
+ *   8-bit: 8 chunks of 64 bytes; in chunk c, byte 4r + j is code (r, 4c + j).
+ * So one 64-byte load feeds 16 rows x 4 inputs of a vpdpbusd against 4 bytes
+ * of one token's plane broadcast, and a register tile of TT tokens x 16 rows
+ * reuses each load 2 TT times.  Rows past N are zero codes and scales.
+ */
+#define TROWS 16
+#ifndef TT
+#define TT 6
+#endif
+#define QMAX 32639.f /* 127 * 257: hi = (q + 128) >> 8 stays within [-127, 127] */
+
+int syn_tile_bytes(int kind) { return kind == KIND_Q4 ? 256 + 128 : kind == KIND_Q8 ? 512 + 128 : 0; }
+
+/* From the decode format (q4 16-byte blocks / q8 bytes, scales [N, K / group]) to tiles. */
+int syn_pack_tiles(int kind, int N, int K, int group, const uint8_t *w, const float *s, const float *b,
+                   uint8_t *out) {
+    const int tb = syn_tile_bytes(kind), KB = K / BLK;
+    if (!tb || K % BLK || N < 1) return -1;
+    int gshift = 0;
+    while ((BLK << gshift) < group) gshift++;
+    const int ng = K / group, nt = (N + TROWS - 1) / TROWS;
+    memset(out, 0, (size_t)nt * KB * tb);
+    for (int n = 0; n < N; n++) {
+        const int r = n % TROWS;
+        for (int kb = 0; kb < KB; kb++) {
+            uint8_t *t = out + ((size_t)(n / TROWS) * KB + kb) * tb;
+            uint8_t code[BLK];
+            if (kind == KIND_Q4) {
+                const uint8_t *src = w + (size_t)n * (K / 2) + (size_t)kb * 16;
+                for (int j = 0; j < 16; j++) code[j] = src[j] & 15, code[j + 16] = src[j] >> 4;
+                for (int c = 0; c < 4; c++)
+                    for (int j = 0; j < 4; j++)
+                        t[64 * c + 4 * r + j] = (uint8_t)(code[4 * c + j] | code[16 + 4 * c + j] << 4);
+            } else {
+                memcpy(code, w + (size_t)n * K + (size_t)kb * BLK, BLK);
+                for (int c = 0; c < 8; c++)
+                    for (int j = 0; j < 4; j++) t[64 * c + 4 * r + j] = code[4 * c + j];
+            }
+            float *ts = (float *)(t + tb - 128);
+            ts[r] = s[(size_t)n * ng + (kb >> gshift)];
+            ts[TROWS + r] = b[(size_t)n * ng + (kb >> gshift)];
+        }
+    }
+    return 0;
+}
+
+/* One token row to 16-bit codes per block, as two planes (hi: q[0..K), lo: q[K..2K)):
+   v = x (* rms factor) (* norm); d = max|v| / QMAX; c = rint(v / d), hi = (c + 128) >> 8 (floor),
+   lo = c - 256 hi; sum = float sum of v (the bias term). */
+static void quantize_row16(const float *x, int K, int rms, float eps, const float *norm, int8_t *q, float *d,
+                           float *sum) {
+    float r = 1.f;
+    if (rms) {
+        float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < K; i++) ss += x[i] * x[i];
+        r = 1.f / sqrtf(ss / (float)K + eps);
+    }
+    for (int kb = 0; kb < K / BLK; kb++) {
+        const float *xb = x + kb * BLK;
+#if defined(USE_AVX512)
+        const __m512 rv = _mm512_set1_ps(r);
+        __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(xb), rv), v1 = _mm512_mul_ps(_mm512_loadu_ps(xb + 16), rv);
+        if (norm) {
+            v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(norm + kb * BLK));
+            v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(norm + kb * BLK + 16));
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float sm = 0.f, vv[BLK];
+        _mm512_storeu_ps(vv, v0), _mm512_storeu_ps(vv + 16, v1);
+        for (int j = 0; j < BLK; j++) sm += vv[j]; /* in order, as the plain C below */
+        const float pre = amax < 1e-30f ? 0x1p100f : 1.f; /* as quantize_act: keeps QMAX / amax finite */
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? QMAX / (amax * pre) : 0.f), pv = _mm512_set1_ps(pre);
+        const __m512i c128 = _mm512_set1_epi32(128);
+        for (int h = 0; h < 2; h++) {
+            __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(h ? v1 : v0, pv), inv));
+            __m512i hi = _mm512_srai_epi32(_mm512_add_epi32(c, c128), 8);
+            __m512i lo = _mm512_sub_epi32(c, _mm512_slli_epi32(hi, 8));
+            _mm_storeu_si128((__m128i *)(void *)(q + kb * BLK + 16 * h), _mm512_cvtepi32_epi8(hi));
+            _mm_storeu_si128((__m128i *)(void *)(q + K + kb * BLK + 16 * h), _mm512_cvtepi32_epi8(lo));
+        }
+#else
+        float v[BLK], amax = 0.f, sm = 0.f;
+        for (int j = 0; j < BLK; j++) {
+            float t = xb[j] * r;
+            if (norm) t *= norm[kb * BLK + j];
+            v[j] = t;
+            float a = fabsf(t);
+            amax = a > amax ? a : amax;
+            sm += t;
+        }
+        const float pre = amax < 1e-30f ? 0x1p100f : 1.f;
+        const float inv = amax > 0.f ? QMAX / (amax * pre) : 0.f;
+        for (int j = 0; j < BLK; j++) {
+            int c = (int)lrintf(v[j] * pre * inv), hi = (c + 128) >> 8;
+            q[kb * BLK + j] = (int8_t)hi;
+            q[K + kb * BLK + j] = (int8_t)(c - 256 * hi);
+        }
+#endif
+        d[kb] = amax / QMAX;
+        sum[kb] = sm;
+    }
+}
+
+/* out[t][r] = sum over blocks of s[r] d[t] (codes . q) + b[r] sum[t], for TT tokens x 16 rows.
+   q: TT rows of 2K int8 (hi plane, lo plane); d, sum: TT rows of KB floats. */
+static void tile_gemm(int kind, const uint8_t *w, int KB, const int8_t *q, int K, const float *d,
+                      const float *sum, float *out) {
+    const int tb = syn_tile_bytes(kind);
+    const size_t ld = 2 * (size_t)K;
+#if defined(USE_AVX512) && defined(__AVX512VNNI__)
+    __m512 f[TT];
+    for (int t = 0; t < TT; t++) f[t] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int kb = 0; kb < KB; kb++, w += tb) {
+        __m512i ah[TT], al[TT];
+        for (int t = 0; t < TT; t++) ah[t] = al[t] = _mm512_setzero_si512();
+        const int8_t *qb = q + kb * BLK;
+#define BCST(p) _mm512_set1_epi32(*(const int32_t *)(const void *)(p))
+        if (kind == KIND_Q4) {
+            for (int c = 0; c < 4; c++) {
+                __m512i v = _mm512_loadu_si512((const void *)(w + 64 * c));
+                __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                for (int t = 0; t < TT; t++) {
+                    const int8_t *p = qb + t * ld + 4 * c;
+                    ah[t] = _mm512_dpbusd_epi32(ah[t], lo, BCST(p));
+                    al[t] = _mm512_dpbusd_epi32(al[t], lo, BCST(p + K));
+                    ah[t] = _mm512_dpbusd_epi32(ah[t], hi, BCST(p + 16));
+                    al[t] = _mm512_dpbusd_epi32(al[t], hi, BCST(p + K + 16));
+                }
+            }
+        } else {
+            for (int c = 0; c < 8; c++) {
+                __m512i v = _mm512_loadu_si512((const void *)(w + 64 * c));
+                for (int t = 0; t < TT; t++) {
+                    const int8_t *p = qb + t * ld + 4 * c;
+                    ah[t] = _mm512_dpbusd_epi32(ah[t], v, BCST(p));
+                    al[t] = _mm512_dpbusd_epi32(al[t], v, BCST(p + K));
+                }
+            }
+        }
+#undef BCST
+        const __m512 s = _mm512_loadu_ps((const float *)(w + tb - 128));
+        const __m512 b = _mm512_loadu_ps((const float *)(w + tb - 64));
+        for (int t = 0; t < TT; t++) {
+            __m512i a = _mm512_add_epi32(_mm512_slli_epi32(ah[t], 8), al[t]);
+            f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(s, _mm512_set1_ps(d[t * KB + kb])), f[t]);
+            f[t] = _mm512_fmadd_ps(b, _mm512_set1_ps(sum[t * KB + kb]), f[t]);
+        }
+    }
+    for (int t = 0; t < TT; t++) _mm512_storeu_ps(out + t * TROWS, f[t]);
+#else
+    for (int i = 0; i < TT * TROWS; i++) out[i] = 0.f;
+    for (int kb = 0; kb < KB; kb++, w += tb) {
+        const float *s = (const float *)(w + tb - 128), *b = (const float *)(w + tb - 64);
+        for (int t = 0; t < TT; t++) {
+            const int8_t *qh = q + t * ld + kb * BLK, *ql = qh + K;
+            int32_t acc[TROWS] = {0};
+            if (kind == KIND_Q4) {
+                for (int c = 0; c < 4; c++)
+                    for (int r = 0; r < TROWS; r++)
+                        for (int j = 0; j < 4; j++) {
+                            const uint8_t v = w[64 * c + 4 * r + j];
+                            const int k0 = 4 * c + j, k1 = 16 + 4 * c + j;
+                            acc[r] += (int32_t)(v & 15) * (256 * qh[k0] + ql[k0]) + (int32_t)(v >> 4) * (256 * qh[k1] + ql[k1]);
+                        }
+            } else {
+                for (int c = 0; c < 8; c++)
+                    for (int r = 0; r < TROWS; r++)
+                        for (int j = 0; j < 4; j++) {
+                            const int k = 4 * c + j;
+                            acc[r] += (int32_t)w[64 * c + 4 * r + j] * (256 * qh[k] + ql[k]);
+                        }
+            }
+            const float dt = d[t * KB + kb], st = sum[t * KB + kb];
+            for (int r = 0; r < TROWS; r++) out[t * TROWS + r] += (float)acc[r] * (s[r] * dt) + b[r] * st;
+        }
+    }
+#endif
+}
+
+typedef struct {
+    Pool *pool;
+    int kind, N, K, T, Tp, rms, acc, ldx, ldy;
+    const uint8_t *w;
+    const float *x, *norm, *bias;
+    float eps;
+    float *y;
+    int8_t *q;
+    float *d, *sum;
+} GemmJob;
+
+static void gemm_body(void *ctx, int tid, int nth) {
+    GemmJob *j = (GemmJob *)ctx;
+    int sense = atomic_load(&j->pool->bar_sense);
+    const int K = j->K, KB = K / BLK, tb = syn_tile_bytes(j->kind), N = j->N;
+    int r0, r1;
+    split(j->T, tid, nth, 1, &r0, &r1);
+    for (int t = r0; t < r1; t++)
+        quantize_row16(j->x + (size_t)t * j->ldx, K, j->rms, j->eps, j->norm, j->q + (size_t)t * 2 * K,
+                      j->d + (size_t)t * KB, j->sum + (size_t)t * KB);
+    barrier(j->pool, &sense);
+    /* row tiles split between threads; each tile's weights stay in L1 across the token tiles */
+    const int ntile = (N + TROWS - 1) / TROWS;
+    split(ntile, tid, nth, 1, &r0, &r1);
+    float out[TT * TROWS];
+    for (int rt = r0; rt < r1; rt++) {
+        const uint8_t *w = j->w + (size_t)rt * KB * tb;
+        const int n0 = rt * TROWS, nr = N - n0 < TROWS ? N - n0 : TROWS;
+        for (int t0 = 0; t0 < j->T; t0 += TT) {
+            tile_gemm(j->kind, w, KB, j->q + (size_t)t0 * 2 * K, K, j->d + (size_t)t0 * KB, j->sum + (size_t)t0 * KB, out);
+            const int nt = j->T - t0 < TT ? j->T - t0 : TT;
+            for (int t = 0; t < nt; t++) {
+                float *y = j->y + (size_t)(t0 + t) * j->ldy + n0;
+                const float *o = out + t * TROWS;
+                if (j->acc)
+                    for (int r = 0; r < nr; r++) y[r] += o[r] + (j->bias ? j->bias[n0 + r] : 0.f);
+                else
+                    for (int r = 0; r < nr; r++) y[r] = o[r] + (j->bias ? j->bias[n0 + r] : 0.f);
+            }
+        }
+    }
+}
+
+/* Whether this build's prefill GEMM beats float32 BLAS (vpdpbusd); elsewhere it is the plain-C reference. */
+int syn_gemm_fast(void) {
+#if defined(USE_AVX512) && defined(__AVX512VNNI__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* y (T rows, ldy apart) = or += (rms-normalised, norm-weighted when asked) x (T rows, ldx apart) W^T + bias,
+   W (N, K) in tiles (syn_pack_tiles).  flags: 1 accumulate into y, 2 RMS-normalise x's rows first. */
+int syn_gemm(Model *m, int kind, int N, int K, const uint8_t *w, const float *x, int ldx, int T, float *y, int ldy,
+             int flags, const float *norm, const float *bias) {
+    if (!syn_tile_bytes(kind) || K % BLK || N < 1 || T < 1) return -1;
+    const int Tp = (T + TT - 1) / TT * TT, KB = K / BLK;
+    if ((size_t)Tp * K > m->pq_cap) {
+        free(m->pq), free(m->pd), free(m->psum);
+        m->pq = (int8_t *)calloc((size_t)Tp * 2 * K, 1);
+        m->pd = (float *)calloc((size_t)Tp * KB, sizeof(float));
+        m->psum = (float *)calloc((size_t)Tp * KB, sizeof(float));
+        m->pq_cap = (m->pq && m->pd && m->psum) ? (size_t)Tp * K : 0;
+        if (!m->pq_cap) {
+            free(m->pq), free(m->pd), free(m->psum);
+            m->pq = NULL, m->pd = m->psum = NULL;
+            return -3;
+        }
+    }
+    /* rows T..Tp-1 of the codes are read by the last token tile: zero scales make them contribute nothing */
+    memset(m->pd + (size_t)T * KB, 0, (size_t)(Tp - T) * KB * sizeof(float));
+    memset(m->psum + (size_t)T * KB, 0, (size_t)(Tp - T) * KB * sizeof(float));
+    GemmJob j = {m->pool, kind, N, K, T, Tp, (flags & 2) != 0, flags & 1, ldx, ldy, w, x, norm, bias, m->eps, y,
+                 m->pq, m->pd, m->psum};
+    pool_run(m->pool, gemm_body, &j, 0);
+    return 0;
 }

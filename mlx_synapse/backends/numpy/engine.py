@@ -8,6 +8,13 @@ slot (the same ``KVCache`` / ``RotatingKVCache`` objects the NumPy path and
 prefill use), one ``syn_decode`` call runs every layer and the lm_head on the
 engine's threads, and the logits land in a preallocated buffer.
 
+Prefill of a quantized model goes through the engine too: each 4/8-bit
+matrix is also kept in the GEMM's tiles (:class:`~mlx_synapse.kernels.native.TileMat`)
+and :meth:`DecodeEngine.gemm` multiplies a whole prompt's rows at once on the
+codes, with 16-bit activations as two int8 planes (``vpdpbusd``), where the CPU
+has AVX-512 VNNI; elsewhere prefill stays on float32 BLAS.
+``MLX_SYNAPSE_PREFILL=codes|float|auto`` overrides (``DecodeEngine(prefill=...)``).
+
 Threads: ``MLX_SYNAPSE_THREADS`` (default: the CPUs this process may run on);
 1 is the single-thread mode.  ``MLX_SYNAPSE_NATIVE=0`` turns the engine off.
 """
@@ -22,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from mlx_synapse.kernels import native
-from mlx_synapse.kernels.native import KIND_F32, QMat
+from mlx_synapse.kernels.native import KIND_F32, QMat, TileMat
 
 from .cache import KVCache, RotatingKVCache
 
@@ -40,6 +47,16 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def prefill_on_codes(lib, mode: Optional[str] = None) -> bool:
+    """Whether quantized prefill runs the engine's GEMM on the codes.  ``mode``: "codes", "float"
+    or "auto" (where the build has the fast kernel); None reads ``MLX_SYNAPSE_PREFILL`` (default auto)."""
+    where = "prefill" if mode is not None else "MLX_SYNAPSE_PREFILL"
+    v = (mode if mode is not None else os.environ.get("MLX_SYNAPSE_PREFILL", "auto")).strip().lower() or "auto"
+    if v not in ("auto", "codes", "float"):
+        raise ValueError(f"{where} must be auto, codes or float, got {v!r}")
+    return v == "codes" or (v == "auto" and bool(lib.syn_gemm_fast()))
+
+
 def _f32_rows(w_t: np.ndarray) -> QMat:
     """A NumPy-backend ``[in, out]`` weight (a transposed view of contiguous rows) as engine rows."""
     rows = w_t.T
@@ -55,7 +72,7 @@ def _ptr(a: Optional[np.ndarray]):
 class DecodeEngine:
     """Decode steps of one :class:`~.model.NumpyModel` through the C engine."""
 
-    def __init__(self, model, threads: Optional[int] = None, lib=None):
+    def __init__(self, model, threads: Optional[int] = None, lib=None, prefill: Optional[str] = None):
         lib = lib if lib is not None else native.library()
         if lib is None:
             raise RuntimeError(native.build_error() or "the CPU engine is disabled (MLX_SYNAPSE_NATIVE=0)")
@@ -74,8 +91,13 @@ class DecodeEngine:
         self.threads = lib.syn_threads(ctx)
         w = model.weights
         self.kinds = set()
+        # per layer: name -> TileMat for the prefill GEMM (empty when prefill stays on BLAS)
+        self.tiles = []
+        on_codes = prefill_on_codes(lib, prefill)
         for i, lw in enumerate(w.layers):
             pk = lw.packed or {}
+            self.tiles.append({n: TileMat(pk[n], lib) for n in ("qkv", "o", "gu", "down")
+                               if on_codes and pk.get(n) is not None})
             mats = [
                 pk.get("qkv") or _f32_rows(lw.w_qkv),
                 pk.get("o") or _f32_rows(lw.w_o),
@@ -103,6 +125,7 @@ class DecodeEngine:
         k, g, pw, ps, pb = head.pointers()
         lib.syn_set_head(ctx, k, g, pw, ps, pb, _ptr(w.norm), _ptr(embed), _ptr(perm))
         self.weight_bytes = sum(m.nbytes for m in self._keep if isinstance(m, QMat))
+        self.tile_bytes = sum(t.nbytes for d in self.tiles for t in d.values())
         self._rope = model.rope
         self._shape = (a.num_kv_heads, a.head_dim)
         self._bound = None  # the layer-0 key buffer the engine's cache pointers were set from
@@ -164,6 +187,32 @@ class DecodeEngine:
             raise ValueError("[DecodeEngine.rope] expected C-contiguous float32 qkv and tables")
         L, hall, d = qkv.shape
         self.lib.syn_rope(self._ctx, qkv.ctypes.data, L, heads, hall * d, cos.ctypes.data, sin.ctypes.data)
+
+    def gemm(self, t: TileMat, x: np.ndarray, out: Optional[np.ndarray] = None, accumulate: bool = False,
+             rms: bool = False, norm: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None) -> np.ndarray:
+        """``x @ W.T (+ bias)`` for the rows of ``x`` (T, K) on the codes, on the engine's threads.
+
+        ``rms``: each row is RMS-normalised first (times ``norm`` when given);
+        ``out`` (T, N): written, or added to with ``accumulate``."""
+        if x.ndim != 2 or x.shape[1] != t.K or x.dtype != np.float32 or x.strides[1] != 4:
+            raise ValueError(f"[DecodeEngine.gemm] x must be float32 (T, {t.K}) with contiguous rows, got "
+                             f"{x.dtype}{x.shape}")
+        T = x.shape[0]
+        if out is None:
+            if accumulate:
+                raise ValueError("[DecodeEngine.gemm] accumulate needs out")
+            out = np.empty((T, t.N), np.float32)
+        elif out.shape != (T, t.N) or out.dtype != np.float32 or out.strides[1] != 4 or not out.flags.writeable:
+            raise ValueError(f"[DecodeEngine.gemm] out must be writable float32 ({T}, {t.N}) with contiguous rows")
+        for v, n in ((norm, t.K), (bias, t.N)):
+            if v is not None and (v.shape != (n,) or v.dtype != np.float32 or not v.flags.c_contiguous):
+                raise ValueError(f"[DecodeEngine.gemm] norm/bias must be contiguous float32 ({n},)")
+        rc = self.lib.syn_gemm(self._ctx, t.kind, t.N, t.K, t.data.ctypes.data, x.ctypes.data, x.strides[0] // 4, T,
+                               out.ctypes.data, out.strides[0] // 4, int(accumulate) | (2 if rms else 0),
+                               _ptr(norm), _ptr(bias))
+        if rc != 0:
+            raise MemoryError(f"[DecodeEngine.gemm] failed (code {rc})")
+        return out
 
     def matvec(self, m: QMat, x: np.ndarray) -> np.ndarray:
         """``W @ x`` for one matrix on the engine's threads (what the tests check kernels with)."""

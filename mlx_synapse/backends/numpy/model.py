@@ -75,6 +75,7 @@ class NumpyModel:
         self._tuner = DecodeThreadTuner()
         self._engine = None  # the compiled decode engine, built on first use
         self._engine_state = "unbuilt"  # "unbuilt" | "on" | "off: <reason>"
+        self._pool = None  # Python threads for prefill attention next to the engine's GEMM
 
     # ------------------------------------------------------------ the engine
     @property
@@ -136,7 +137,11 @@ class NumpyModel:
         ids = self._tokens(ids)
         if len(ids) == 1:
             return self._decode(ids, cache)
-        return (self._hidden(ids, cache, last_only=True) @ self.weights.lm_head_t)[0]
+        h = self._hidden(ids, cache, last_only=True)[0]
+        eng, head = self.engine, self.weights.packed_head
+        if eng is not None and head is not None:  # the decode step's head: its codes, not the float copy
+            return eng.matvec(head, h)
+        return h @ self.weights.lm_head_t
 
     def prefill(self, ids, cache) -> None:
         """Run ``ids`` through the layers to fill ``cache``; no logits at all."""
@@ -166,8 +171,9 @@ class NumpyModel:
         cos, sin = self.rope.tables(0, L)
         mask = KVCache(step=L).make_mask(L)  # causal; None for one token
         x = self._embed(ids)
-        for lw in self.layers[: stop + 1]:
-            x = self._layer(x, lw, KVCache(step=L), mask, cos, sin)
+        tiles = self._tiles()
+        for i, lw in enumerate(self.layers[: stop + 1]):
+            x = self._layer(x, lw, KVCache(step=L), mask, cos, sin, tiles=tiles[i])
         if stop < n - 1:
             return x
         out = _rms_unit(x, self._eps)
@@ -223,10 +229,14 @@ class NumpyModel:
         else:
             mask = cache[0].make_mask(L)
             n = len(self.layers)
-            for i, (lw, c) in enumerate(zip(self.layers, cache)):
-                # The last layer only needs its keys/values (prefill), or its last row (forward_last).
-                keep = None if i < n - 1 else (0 if not final else 1 if last_only else None)
-                x = self._layer(x, lw, c, mask, cos, sin, keep)
+            tiles = self._tiles()
+            # With the engine's GEMM on its own threads, BLAS (attention only) keeps to this thread:
+            # OpenBLAS's idle workers spin and would take the engine's cores.
+            with blas_threads(1 if any(tiles) else None):
+                for i, (lw, c) in enumerate(zip(self.layers, cache)):
+                    # The last layer only needs its keys/values (prefill), or its last row (forward_last).
+                    keep = None if i < n - 1 else (0 if not final else 1 if last_only else None)
+                    x = self._layer(x, lw, c, mask, cos, sin, keep, tiles[i])
         if not final:
             return x
         if last_only:
@@ -274,14 +284,45 @@ class NumpyModel:
         x += out
         return x
 
-    def _layer(self, x, lw: LayerWeights, c, mask, cos, sin, keep: Optional[int] = None) -> np.ndarray:
+    def _tiles(self) -> list:
+        """Per layer, the engine's prefill GEMM matrices (empty dicts: float32 BLAS)."""
+        eng = self.engine
+        return eng.tiles if eng is not None else [{}] * self.num_layers
+
+    def _normed_matmul(self, x: np.ndarray, lw: LayerWeights, tiles: dict, name: str) -> np.ndarray:
+        """RMSNorm(x) @ W (+ bias) for W = qkv (input norm) or gu (post-attention norm)."""
+        bias = lw.b_qkv if name == "qkv" else lw.b_gu
+        t = tiles.get(name)
+        if t is not None:
+            return self._engine.gemm(t, x, rms=True, norm=lw.packed["ln1" if name == "qkv" else "ln2"], bias=bias)
+        y = _rms_unit(x, self._eps) @ (lw.w_qkv if name == "qkv" else lw.w_gu)
+        if bias is not None:
+            y += bias
+        return y
+
+    def _add_matmul(self, x: np.ndarray, a: np.ndarray, lw: LayerWeights, tiles: dict, name: str) -> np.ndarray:
+        """x + a @ W (+ bias) for W = o or down; may write into ``x``."""
+        bias = lw.b_o if name == "o" else lw.b_down
+        t = tiles.get(name)
+        if t is not None and x.flags.writeable:
+            return self._engine.gemm(t, a, out=x, accumulate=True, bias=bias)
+        if t is not None:
+            out = self._engine.gemm(t, a, bias=bias)
+        else:
+            out = a @ (lw.w_o if name == "o" else lw.w_down)
+            if bias is not None:
+                out += bias
+        return x + out
+
+    def _layer(self, x, lw: LayerWeights, c, mask, cos, sin, keep: Optional[int] = None,
+               tiles: Optional[dict] = None) -> np.ndarray:
         """One layer over L tokens; ``keep``: only the last ``keep`` rows' outputs are wanted
-        (0: just store the keys/values), None: all."""
+        (0: just store the keys/values), None: all.  ``tiles``: the engine's GEMM forms of
+        this layer's quantized matrices (the rest run as float32 BLAS)."""
         L = x.shape[0]
         nh, nkv, d = self._nh, self._nkv, self._d
-        qkv = _rms_unit(x, self._eps) @ lw.w_qkv
-        if lw.b_qkv is not None:
-            qkv += lw.b_qkv
+        tiles = tiles or {}
+        qkv = self._normed_matmul(x, lw, tiles, "qkv")
         qkv = qkv.reshape(L, nh + 2 * nkv, d)
         qk = qkv[:, : nh + nkv]
         eng = self.engine
@@ -305,19 +346,26 @@ class NumpyModel:
             q, x = q[L - keep :], x[L - keep :]
             mask = None if mask is None else mask[L - keep :]
             prefix = None if prefix is None else prefix + L - keep
-        o = self._attend(q, keys, values, mask, prefix)
-        out = o @ lw.w_o
-        if lw.b_o is not None:
-            out += lw.b_o
-        x = x + out
-        return self._mlp_residual(x, _rms_unit(x, self._eps), lw)
+        o = self._attend(q, keys, values, mask, prefix, split=bool(tiles))
+        if not tiles:
+            out = o @ lw.w_o
+            if lw.b_o is not None:
+                out += lw.b_o
+            x = x + out
+            return self._mlp_residual(x, _rms_unit(x, self._eps), lw)
+        x = self._add_matmul(x, o, lw, tiles, "o")
+        gu = self._normed_matmul(x, lw, tiles, "gu")
+        act = self._engine.silu_mul(gu, self._inter)
+        return self._add_matmul(x, act, lw, tiles, "down")
 
-    def _attend(self, q, keys, values, mask, causal_offset: Optional[int] = None) -> np.ndarray:
+    def _attend(self, q, keys, values, mask, causal_offset: Optional[int] = None, split: bool = False) -> np.ndarray:
         """q (L, nh, d) pre-scaled, keys/values (nkv, T, d) -> (L, nh*d).
 
         ``causal_offset``: keys are positions 0..T-1 in order and query i sits at
         ``causal_offset + i`` (plain causal attention), so blocks of queries skip
-        the keys after their last query."""
+        the keys after their last query.  ``split``: BLAS is held to one thread
+        (the engine's GEMM owns the cores), so (kv head, query block) pieces are
+        shared out between the engine's threads count of Python threads."""
         L = q.shape[0]
         nh, nkv, d, g = self._nh, self._nkv, self._d, self._group
         T = keys.shape[1]
@@ -329,6 +377,9 @@ class NumpyModel:
         if causal_offset is not None:
             block = min(block, _CAUSAL_BLOCK)
             eng = self.engine
+            if split and eng is not None and eng.threads > 1:
+                self._attend_causal_split(qh, kt, values, out, causal_offset, block, eng)
+                return out.reshape(L, nh * d)
         for i0 in range(0, L, block):
             i1 = min(L, i0 + block)
             n = i1 - i0
@@ -350,6 +401,44 @@ class NumpyModel:
             ob /= den
             out[i0:i1] = ob.reshape(nh, n, d).transpose(1, 0, 2)
         return out.reshape(L, nh * d)
+
+
+    def _attend_causal_split(self, qh, kt, values, out, base: int, block: int, eng) -> None:
+        """Causal attention as (kv head, query block) pieces on ``eng.threads`` Python threads
+        (NumPy and the engine's softmax release the GIL), biggest pieces first to the least loaded."""
+        nkv, g, L, d = qh.shape
+        while nkv * -(-L // block) < 2 * eng.threads and block > 32:  # enough pieces to balance
+            block //= 2
+        pieces = [(h, i0, min(L, i0 + block)) for h in range(nkv) for i0 in range(0, L, block)]
+        shares: List[list] = [[] for _ in range(eng.threads)]
+        loads = [0] * eng.threads
+        for p in sorted(pieces, key=lambda p: (p[2] - p[1]) * (base + p[2]), reverse=True):
+            j = loads.index(min(loads))
+            shares[j].append(p)
+            loads[j] += (p[2] - p[1]) * (base + p[2])
+
+        def run(share):
+            for h, i0, i1 in share:
+                n, Tb = i1 - i0, base + i1
+                s = qh[h, :, i0:i1].reshape(g * n, d) @ kt[h, :, :Tb]  # (g*n, Tb)
+                eng.softmax_causal(s, n, base + i0)
+                out[i0:i1, h * g : (h + 1) * g] = (s @ values[h, :Tb]).reshape(g, n, d).transpose(1, 0, 2)
+
+        pool = self._threads(eng.threads - 1)
+        futures = [pool.submit(run, sh) for sh in shares[1:] if sh]
+        run(shares[0])
+        for f in futures:
+            f.result()
+
+    def _threads(self, n: int):
+        """A pool of ``n`` Python threads kept for the model's lifetime (prefill attention)."""
+        if self._pool is None or self._pool._max_workers != n:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="mlx_synapse-attn")
+        return self._pool
 
 
 def load_model(path: str | os.PathLike) -> NumpyModel:

@@ -18,6 +18,8 @@ Tolerances (u = 2**-24, float32 unit roundoff):
   W v within the activation rounding, sum |s code| (d / 2 + 16 u max|v|) per
   block, plus the same float rounding term;
 * against the exact float64 W v, every case also within that activation bound.
+* builds: the native one, the plain-C one and, on a VNNI machine, an AVX-512 build
+  without VNNI (its quantizer with the plain-C tile kernel), on 1 and 2 threads;
 * models: quantized prefill through the GEMM against the float32 BLAS prefill
   of the same weights; see ``test_quantized_prefill_matches_float_prefill``.
 """
@@ -41,13 +43,35 @@ U = 2.0**-24
 BLOCK = native.BLOCK
 
 
+def _avx512_no_vnni_build(out_dir):
+    """On a VNNI machine, the engine as an AVX-512 CPU without VNNI gets it (Skylake-X):
+    the AVX-512 quantizer with the plain-C tile kernel."""
+    import ctypes
+
+    if LIB.syn_simd() != b"avx512bw+vnni":
+        return None
+    base = [f for f in native._flag_sets(True)[0] if f != "-DSYNAPSE_GENERIC"]
+    out = out_dir / "libsynapse_avx512.so"
+    ok, err = native._compile(native._compiler(), base + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"], out)
+    assert ok, err
+    lib = ctypes.CDLL(str(out))
+    native._declare(lib)
+    assert lib.syn_simd() == b"avx512bw" and not lib.syn_gemm_fast()
+    return lib
+
+
 @pytest.fixture(scope="module")
-def ctxs():
-    """[(label, lib, ctx)]: the native build and the plain-C build, each on 1 and 2 threads."""
+def ctxs(tmp_path_factory):
+    """[(label, lib, ctx)]: the native build, the plain-C build [and an AVX-512 build without
+    VNNI], each on 1 and 2 threads."""
     gen = native.library(generic=True)
     assert gen is not None, native.build_error(True)
+    builds = [("simd", LIB), ("generic", gen)]
+    no_vnni = _avx512_no_vnni_build(tmp_path_factory.mktemp("avx512"))
+    if no_vnni is not None:
+        builds.append(("avx512-no-vnni", no_vnni))
     out = []
-    for name, lib in (("simd", LIB), ("generic", gen)):
+    for name, lib in builds:
         for threads in (1, 2):
             ctx = lib.syn_new(1, 32, 1, 1, 32, 32, 32, 1e-5, threads, 2000)
             assert ctx and lib.syn_threads(ctx) == threads

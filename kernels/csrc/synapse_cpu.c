@@ -90,7 +90,9 @@ static inline float exp_neg(float x) {
 }
 
 const char *syn_simd(void) {
-#if defined(USE_AVX512)
+#if defined(USE_AVX512) && defined(__AVX512VNNI__)
+    return "avx512bw+vnni";
+#elif defined(USE_AVX512)
     return "avx512bw";
 #elif defined(USE_AVX2)
     return "avx2";

@@ -75,7 +75,7 @@ class NumpyModel:
         self._tuner = DecodeThreadTuner()
         self._engine = None  # the compiled decode engine, built on first use
         self._engine_state = "unbuilt"  # "unbuilt" | "on" | "off: <reason>"
-        self._pool = None  # Python threads for prefill attention next to the engine's GEMM
+        self._pool = None  # (n, executor): Python threads for prefill attention beside the engine's GEMM
 
     # ------------------------------------------------------------ the engine
     @property
@@ -172,8 +172,9 @@ class NumpyModel:
         mask = KVCache(step=L).make_mask(L)  # causal; None for one token
         x = self._embed(ids)
         tiles = self._tiles()
-        for i, lw in enumerate(self.layers[: stop + 1]):
-            x = self._layer(x, lw, KVCache(step=L), mask, cos, sin, tiles=tiles[i])
+        with self._prefill_blas(tiles):
+            for i, lw in enumerate(self.layers[: stop + 1]):
+                x = self._layer(x, lw, KVCache(step=L), mask, cos, sin, tiles=tiles[i])
         if stop < n - 1:
             return x
         out = _rms_unit(x, self._eps)
@@ -230,9 +231,7 @@ class NumpyModel:
             mask = cache[0].make_mask(L)
             n = len(self.layers)
             tiles = self._tiles()
-            # With the engine's GEMM on its own threads, BLAS (attention only) keeps to this thread:
-            # OpenBLAS's idle workers spin and would take the engine's cores.
-            with blas_threads(1 if any(tiles) else None):
+            with self._prefill_blas(tiles):
                 for i, (lw, c) in enumerate(zip(self.layers, cache)):
                     # The last layer only needs its keys/values (prefill), or its last row (forward_last).
                     keep = None if i < n - 1 else (0 if not final else 1 if last_only else None)
@@ -283,6 +282,12 @@ class NumpyModel:
             out += lw.b_down
         x += out
         return x
+
+    @staticmethod
+    def _prefill_blas(tiles: list):
+        """With the engine's GEMM on its own threads, BLAS (left with the attention) keeps to
+        one thread per caller: OpenBLAS's idle workers spin and would take the engine's cores."""
+        return blas_threads(1 if any(tiles) else None)
 
     def _tiles(self) -> list:
         """Per layer, the engine's prefill GEMM matrices (empty dicts: float32 BLAS)."""
@@ -402,7 +407,6 @@ class NumpyModel:
             out[i0:i1] = ob.reshape(nh, n, d).transpose(1, 0, 2)
         return out.reshape(L, nh * d)
 
-
     def _attend_causal_split(self, qh, kt, values, out, base: int, block: int, eng) -> None:
         """Causal attention as (kv head, query block) pieces on ``eng.threads`` Python threads
         (NumPy and the engine's softmax release the GIL), biggest pieces first to the least loaded."""
@@ -432,13 +436,13 @@ class NumpyModel:
 
     def _threads(self, n: int):
         """A pool of ``n`` Python threads kept for the model's lifetime (prefill attention)."""
-        if self._pool is None or self._pool._max_workers != n:
+        if self._pool is None or self._pool[0] != n:
             from concurrent.futures import ThreadPoolExecutor
 
             if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="mlx_synapse-attn")
-        return self._pool
+                self._pool[1].shutdown(wait=False)
+            self._pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="mlx_synapse-attn"))
+        return self._pool[1]
 
 
 def load_model(path: str | os.PathLike) -> NumpyModel:

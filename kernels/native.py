@@ -231,27 +231,29 @@ def unpack_q4(packed: np.ndarray) -> np.ndarray:
     return np.concatenate([b & 15, b >> 4], axis=-1).reshape(N, half * 2)
 
 
+def _block_codes(x: np.ndarray, qmax: np.float32):
+    """The C quantizers' shared step, per block of 32: codes rint(x / d) (int64), d = max|x| / qmax,
+    with the same float32 operations (tiny blocks pre-scaled by 2**100 so qmax / max stays finite)."""
+    xb = np.asarray(x, np.float32).reshape(-1, BLOCK)
+    amax = np.abs(xb).max(axis=1)
+    pre = np.where(amax < np.float32(1e-30), np.float32(2.0**100), np.float32(1)).astype(np.float32)
+    inv = np.where(amax > 0, qmax / np.where(amax > 0, amax * pre, 1), 0).astype(np.float32)
+    c = np.rint((xb * pre[:, None]) * inv[:, None]).astype(np.int64)
+    return c, (amax / qmax).astype(np.float32), xb
+
+
 def quantize_act_reference(x: np.ndarray):
     """NumPy twin of the engine's activation quantizer: int16 codes, block scales, block sums."""
-    x = np.asarray(x, np.float32).reshape(-1, BLOCK)
-    amax = np.abs(x).max(axis=1)
-    pre = np.where(amax < np.float32(1e-30), np.float32(2.0**100), np.float32(1)).astype(np.float32)
-    big = amax * pre
-    inv = np.where(amax > 0, np.float32(32767) / np.where(amax > 0, big, 1), 0).astype(np.float32)
-    q = np.rint((x * pre[:, None]) * inv[:, None]).astype(np.int16)
-    return q.reshape(-1), (amax / np.float32(32767)).astype(np.float32), x.sum(axis=1, dtype=np.float32)
+    c, d, xb = _block_codes(x, np.float32(32767))
+    return c.astype(np.int16).reshape(-1), d, xb.sum(axis=1, dtype=np.float32)
 
 
 def quantize_planes_reference(v: np.ndarray):
     """NumPy twin of the prefill GEMM's quantizer (one row v, float32): codes c (int64), block
     scales d, and the two int8 planes hi, lo (c = 256 hi + lo) the kernel multiplies."""
-    vb = np.asarray(v, np.float32).reshape(-1, BLOCK)
-    amax = np.abs(vb).max(axis=1)
-    pre = np.where(amax < np.float32(1e-30), np.float32(2.0**100), np.float32(1)).astype(np.float32)
-    inv = np.where(amax > 0, PLANE_QMAX / np.where(amax > 0, amax * pre, 1), 0).astype(np.float32)
-    c = np.rint((vb * pre[:, None]) * inv[:, None]).astype(np.int64)
+    c, d, _ = _block_codes(v, PLANE_QMAX)
     hi = (c + 128) >> 8
-    return c.reshape(-1), (amax / PLANE_QMAX).astype(np.float32), hi.reshape(-1), (c - 256 * hi).reshape(-1)
+    return c.reshape(-1), d, hi.reshape(-1), (c - 256 * hi).reshape(-1)
 
 
 def read_bandwidth(threads: int, mbytes: int = 512, repeats: int = 5) -> Optional[float]:

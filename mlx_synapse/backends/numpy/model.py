@@ -271,12 +271,12 @@ class NumpyModel:
         return self._mlp_residual(x, x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f)), lw)
 
     def _mlp_residual(self, x: np.ndarray, xn: np.ndarray, lw: LayerWeights) -> np.ndarray:
-        """``x += down(silu(gate) * up)`` of the normalised ``xn`` (norm weight folded into w_gu)."""
+        """``x += down(silu(gate) * up)`` of the normalised ``xn`` (norm weight folded into w_gu);
+        one token (the NumPy decode path)."""
         gu = xn @ lw.w_gu
         if lw.b_gu is not None:
             gu += lw.b_gu
-        eng = self.engine if gu.shape[0] > 1 else None
-        act = eng.silu_mul(gu, self._inter) if eng is not None else _silu_mul(gu, self._inter)
+        act = _silu_mul(gu, self._inter)
         out = act @ lw.w_down
         if lw.b_down is not None:
             out += lw.b_down
@@ -309,14 +309,11 @@ class NumpyModel:
         """x + a @ W (+ bias) for W = o or down; may write into ``x``."""
         bias = lw.b_o if name == "o" else lw.b_down
         t = tiles.get(name)
-        if t is not None and x.flags.writeable:
-            return self._engine.gemm(t, a, out=x, accumulate=True, bias=bias)
         if t is not None:
-            out = self._engine.gemm(t, a, bias=bias)
-        else:
-            out = a @ (lw.w_o if name == "o" else lw.w_down)
-            if bias is not None:
-                out += bias
+            return self._engine.gemm(t, a, out=x, accumulate=True, bias=bias)
+        out = a @ (lw.w_o if name == "o" else lw.w_down)
+        if bias is not None:
+            out += bias
         return x + out
 
     def _layer(self, x, lw: LayerWeights, c, mask, cos, sin, keep: Optional[int] = None,
@@ -352,15 +349,9 @@ class NumpyModel:
             mask = None if mask is None else mask[L - keep :]
             prefix = None if prefix is None else prefix + L - keep
         o = self._attend(q, keys, values, mask, prefix, split=bool(tiles))
-        if not tiles:
-            out = o @ lw.w_o
-            if lw.b_o is not None:
-                out += lw.b_o
-            x = x + out
-            return self._mlp_residual(x, _rms_unit(x, self._eps), lw)
         x = self._add_matmul(x, o, lw, tiles, "o")
         gu = self._normed_matmul(x, lw, tiles, "gu")
-        act = self._engine.silu_mul(gu, self._inter)
+        act = eng.silu_mul(gu, self._inter) if eng is not None and gu.shape[0] > 1 else _silu_mul(gu, self._inter)
         return self._add_matmul(x, act, lw, tiles, "down")
 
     def _attend(self, q, keys, values, mask, causal_offset: Optional[int] = None, split: bool = False) -> np.ndarray:

@@ -251,3 +251,18 @@ def test_chat_reports_cut_turns_and_bounds_them(tmp_path, monkeypatch):
     assert notes[1].startswith("note: the message is ") and "only its last" in notes[1]
     assert notes[2] == "error: [assistant] the message is 300,000 characters; one turn takes at most 200,000. " \
                        "Send it in parts."
+
+
+def test_database_that_cannot_be_opened_is_one_line(tmp_path, monkeypatch, capsys):
+    import mlx_synapse.loader
+    import mlx_synapse.memory.bank
+
+    def refuse(path, backend=None):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(mlx_synapse.loader, "load", lambda *a, **k: (FakeModel(), WordTokenizer()))
+    monkeypatch.setattr(mlx_synapse.memory.bank, "MemoryBank", refuse)
+    assert chat.main(["--db", str(tmp_path / "x.db"), "--user", "me"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: the memory database cannot be opened or written (unable to open database file); "
+                   "check its permissions or pass --db PATH."]

@@ -141,8 +141,12 @@ class Assistant:
         return hits
 
     def remember(self, text: str) -> Optional[int]:
-        """Store ``text`` as a memory, past the surprise gate."""
-        return self.memory.add(text, user=self.user, source="chat:remember", force=True)
+        """Store ``text`` as a memory, past the surprise gate; a text longer than
+        ``chunk_chars`` as chunks (see :meth:`learn_long`). Returns the (first) id."""
+        if len(text.strip()) <= self.chunk_chars:
+            return self.memory.add(text, user=self.user, source="chat:remember", force=True)
+        ids = self._store_chunks(text, "chat:remember", force=True)
+        return ids[0] if ids else None
 
     def forget_candidates(self, query: str, min_score: float = 0.5, k: int = 10) -> List[Tuple[Entry, float]]:
         """What ``query`` may mean, best first: the memories whose text is ``query`` (case,
@@ -207,13 +211,19 @@ class Assistant:
         """Store a long message as chunks of at most ``chunk_chars`` (sentences packed
         together), each its own memory: first-person ones always, the rest past the
         surprise gate. Returns 'added' when any chunk was, else the first action."""
+        actions = [r.action for r in self._store_chunks(text, "chat:long", force=None, results=True)]
+        return "added" if "added" in actions else (actions[0] if actions else None)
+
+    def _store_chunks(self, text: str, source: str, force: Optional[bool], results: bool = False) -> list:
+        """Write ``text``'s chunks (``force=None``: first-person ones forced); ids or WriteResults."""
         chunks = split_chunks(text, self.chunk_chars)
-        items = [dict(text=c, source="chat:long", force=bool(_FIRST_PERSON.search(c))) for c in chunks]
-        actions = [r.action for r in self.memory.write_many(items, user=self.user)] if items else []
-        added = actions.count("added")
+        items = [dict(text=c, source=source, force=bool(_FIRST_PERSON.search(c)) if force is None else force)
+                 for c in chunks]
+        written = self.memory.write_many(items, user=self.user) if items else []
+        added = sum(r.action == "added" for r in written)
         self.notes.append(f"a {len(text):,}-character message was stored as {len(chunks)} memories of at most "
                           f"{self.chunk_chars} characters ({added} new)")
-        return "added" if added else (actions[0] if actions else None)
+        return written if results else [r.id for r in written]
 
     def _same_fact(self, text: str) -> Optional[Entry]:
         for e, _ in self.memory.search(text, 3, user=self.user, min_score=0.5, touch=False):

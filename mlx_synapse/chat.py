@@ -164,7 +164,10 @@ def _command(a, bank, msg: str, lines: _Lines, out, err, interactive: bool) -> b
         if cmd == "/remember" and rest:
             if a.read_only:
                 raise sqlite3.OperationalError("it was found read-only earlier")
+            a.notes = []
             print(f"remembered [{a.remember(rest)}]", file=out)
+            for note in a.notes:
+                print(f"note: {note}", file=err)
         elif cmd == "/forget" and rest:
             _forget(a, rest, lines, out, interactive)
         elif cmd == "/memories":

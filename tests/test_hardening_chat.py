@@ -223,6 +223,9 @@ def test_long_message_is_stored_as_chunks(assistant, bank):
     stored = texts(bank)
     assert len(stored) > 90 and max(map(len, stored)) <= assistant.chunk_chars
     assert "a 50,0" in assistant.notes[0] and "memories of at most 500 characters" in assistant.notes[0]
+    first = assistant.remember(_paste(3_000, seed=1))  # /remember chunks a long text too
+    assert first == len(stored) + 1 and len(texts(bank)) >= len(stored) + 6
+    assert max(map(len, texts(bank))) <= assistant.chunk_chars
 
 
 def test_prompt_fits_the_context(bank):

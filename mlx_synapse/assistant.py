@@ -326,7 +326,7 @@ class Assistant:
                 self.notes.append("the message leaves no room for memories in the prompt; none shown")
                 memories = []
                 ids = self._prompt_ids(self.build_messages(message, memories, 0))
-            n = self._count(message)
+            n, cut = self._count(message), message
             want = n - (len(ids) - budget)
             while len(ids) > budget and want > 0:
                 cut = truncate_tokens(message, want, self._count)
@@ -335,8 +335,9 @@ class Assistant:
             if len(ids) > budget:
                 raise ValueError(f"[assistant] the prompt needs {len(ids)} tokens even without the message; the "
                                  f"context is {self.context} with max_tokens={self.max_tokens}: lower max_tokens.")
-            self.notes.append(f"the message is {n:,} tokens; only its last {self._count(cut):,} were given to the "
-                              f"model (context {self.context:,} tokens, {self.max_tokens} kept for the reply)")
+            if cut != message:
+                self.notes.append(f"the message is {n:,} tokens; only its last {self._count(cut):,} were given to "
+                                  f"the model (context {self.context:,} tokens, {self.max_tokens} kept for the reply)")
             message = cut
         room = self.history_tokens if budget is None else min(self.history_tokens, budget - len(ids))
         while room > 0 and self.history:

@@ -240,6 +240,15 @@ def test_prompt_fits_the_context(bank):
     assert any("only its last" in n for n in a.notes) and any("memory [1] is" in n for n in a.notes)
     ids, mems, _ = a.prepare("where does the ferry leave from?")  # short turns get history back
     assert len(ids) <= context - max_tokens
+    # A memory that leaves the turn under 16 tokens of room is dropped; the turn stays whole.
+    b = Assistant(FakeModel(context), WordTokenizer(), bank, user="you", min_score=0.0, max_tokens=max_tokens,
+                  memory_tokens=250, auto_learn=False)
+    bank.add("the ferry " + " ".join(["word"] * 215), user="you", force=True)
+    msg = "the ferry " + " ".join(["leaves"] * 230)
+    assert len(b.retrieve(msg)) == 1
+    ids, mems, _ = b.prepare(msg)
+    assert mems == [] and len(ids) <= context - max_tokens and len(ids) > 232
+    assert b.notes == ["the message leaves no room for memories in the prompt; none shown"]
     with pytest.raises(ValueError, match="max_tokens=290 leaves no room"):
         Assistant(FakeModel(context), WordTokenizer(), bank, user="me", max_tokens=290)
     with pytest.raises(ValueError, match="one turn takes at most 200,000"):

@@ -27,7 +27,8 @@ many users as it takes to ask ``--scale-questions`` questions.
 against the new value.
 (d) zero forgetting: SHA-256 of every weight array, WikiText-2 perplexity (first 512
 tokens) and HellaSwag accuracy on a seeded sample, with an empty bank and after
-``--writes`` bank writes: they must be identical, bit for bit.
+``--writes`` bank writes: they must be identical, bit for bit. Without the eval data
+(``EVAL_DIR``) the run stops at once with exit status 2 unless ``--skip d``.
 (e) latency per turn: retrieval, prompt tokens, time to first token, with and without.
 (f) questions asked five to a session, the earlier turns kept in the prompt as in a
 chat, against (a)'s fresh sessions.
@@ -354,19 +355,37 @@ def _logprobs(logits: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
 
 
-def wikitext_ppl(model, tok, n_tokens: int = 512) -> Optional[float]:
-    path = EVAL_DIR / "wikitext2_raw_test.txt"
-    if not path.is_file():
-        return None
+WIKITEXT, HELLASWAG = "wikitext2_raw_test.txt", "hellaswag_val_full.txt.bz2"
+
+
+def missing_eval_data(n_hellaswag: int) -> List[Path]:
+    """The files (d) needs that are not in ``EVAL_DIR``: WikiText-2 always, HellaSwag
+    when ``n_hellaswag > 0``."""
+    need = [EVAL_DIR / WIKITEXT] + ([EVAL_DIR / HELLASWAG] if n_hellaswag > 0 else [])
+    return [p for p in need if not p.is_file()]
+
+
+def _require_eval_data(n_hellaswag: int) -> None:
+    missing = missing_eval_data(n_hellaswag)
+    if missing:
+        raise FileNotFoundError(
+            f"[personalization] (d) zero forgetting cannot be measured: {', '.join(map(str, missing))} "
+            f"not found; put the eval data there (see ../shared/data/README.md) or skip the phase with --skip d.")
+
+
+def wikitext_ppl(model, tok, n_tokens: int = 512) -> float:
+    _require_eval_data(0)
+    path = EVAL_DIR / WIKITEXT
     ids = np.array(tok.encode(path.read_text(encoding="utf-8")[:20000])[:n_tokens])
     lp = _logprobs(np.asarray(model(ids[:-1])))
     return float(np.exp(-lp[np.arange(len(ids) - 1), ids[1:]].mean()))
 
 
 def load_hellaswag(n: int, seed: int) -> List[tuple]:
-    path = EVAL_DIR / "hellaswag_val_full.txt.bz2"
-    if not path.is_file() or n <= 0:
+    if n <= 0:
         return []
+    _require_eval_data(n)
+    path = EVAL_DIR / HELLASWAG
     with bz2.open(path, "rt", encoding="utf-8") as fh:
         lines = fh.read().split("\n")
     items = [(lines[i], int(lines[i + 1]), lines[i + 2:i + 6]) for i in range(0, len(lines) - 5, 6)]
@@ -403,6 +422,9 @@ def hellaswag(model, tok, items) -> Dict[str, Any]:
 
 
 def zero_forgetting(model, tok, bank, n_writes: int, n_hellaswag: int, seed: int) -> Dict[str, Any]:
+    """Raises FileNotFoundError when the eval data is missing: a comparison of nothing with
+    nothing would read as "identical"."""
+    _require_eval_data(n_hellaswag)
     items = load_hellaswag(n_hellaswag, seed)
 
     def snapshot():
@@ -523,10 +545,11 @@ def report(res: Dict[str, Any]) -> str:
                 f"`{b['weights']['sha256'][:16]}…` | `{f['weights']['sha256'][:16]}…` |",
                 f"| WikiText-2 perplexity (first 512 tokens) | {b['ppl']!r} | {f['ppl']!r} |",
                 f"| HellaSwag acc ({b['hellaswag']['n']} items) | {_pct(b['hellaswag']['acc'])} | "
-                f"{_pct(f['hellaswag']['acc'])} |",
+                f"{_pct(f['hellaswag']['acc'])} |" if b["hellaswag"]["n"] else "| HellaSwag | not measured | |",
                 f"| HellaSwag acc_norm | {_pct(b['hellaswag']['acc_norm'])} | {_pct(f['hellaswag']['acc_norm'])} |",
                 f"| max abs difference of the {4 * b['hellaswag']['n']} ending scores | | {d['max_score_diff']!r} |\n",
-                f"identical: **{d['identical']}**\n"]
+                f"identical: **{d['identical']}**" + ("" if b["hellaswag"]["n"] else " (weights and perplexity only)")
+                + "\n"]
     e = res.get("e")
     if e:
         out += ["### (e) Latency per turn (from (a); p50, mean in brackets)\n",
@@ -566,6 +589,12 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--skip", nargs="*", default=[], choices=list("abcdef"))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if "d" not in args.skip and missing_eval_data(args.hellaswag):
+        try:  # before the model loads and the other phases run for minutes
+            _require_eval_data(args.hellaswag)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     from mlx_synapse import load
     from mlx_synapse.memory import MemoryBank

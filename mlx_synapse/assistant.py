@@ -16,7 +16,14 @@
   ("my favorite color is green", :func:`restates`) rewrite the old memory instead of
   adding a contradiction; other first-person statements are stored; anything else
   goes through the bank's surprise gate. ``respond`` calls it on every message.
-* ``remember(text)`` and ``forget(query)`` are explicit.
+* ``remember(text)`` and ``forget(query)`` are explicit; ``forget_candidates(query)``
+  lists what a forget would delete (an exact text match first, else the close search
+  hits), and ``forget`` deletes only one clear match unless told which.
+* Bounds: ``prompt + max_tokens`` never exceeds the model's context: memories shown are
+  held to ``memory_tokens``, earlier turns to what is left, and the user's turn is cut
+  (its end kept) when it alone does not fit; a message longer than ``chunk_chars`` is
+  stored as sentence-sized chunks (:mod:`mlx_synapse.chat_limits`). ``Reply.notes`` says
+  when any of this happened.
 
 Why this form (SmolLM2-135M-Instruct, greedy): 120 questions about 60 fictional facts
 were answered right 95% of the time with the two worked examples, 81% with the bare
@@ -29,16 +36,17 @@ best alone after re-ranking, plus the copy bias, is what
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .chat_limits import model_context, split_chunks, truncate_tokens
 from .copy_bias import make_copy_bias
 from .generate import stream_generate
 from .memory.bank import Entry, MemoryBank
-from .memory.lexical import STOPWORDS, terms
+from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
+from .statements import replace_value, restates
 
 __all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "is_question", "replace_value", "restates"]
 
@@ -60,110 +68,6 @@ EXAMPLES = (
 )
 N_EXAMPLES = 2
 
-_QUESTION_START = re.compile(
-    r"^\s*(what|what's|whats|who|who's|whom|whose|where|where's|when|when's|why|how|which|do|does|did|"
-    r"is|are|am|was|were|can|could|should|would|will|have|has|tell me|remind me)\b",
-    re.I,
-)
-_FIRST_PERSON = re.compile(r"\b(i|i'm|im|i've|i'd|i'll|my|me|mine|myself|we|our|ours|us)\b", re.I)
-_CORRECTION = re.compile(
-    r"^\s*(actually|no|nope|sorry|correction|wait|oops|not quite|that's wrong|that is wrong)\b[\s,:;.!-]*(.*)$",
-    re.I | re.S,
-)
-_VALUE = re.compile(r"^(?:it's|it is|its|it was|that's|that is|they're|they are|he's|he is|she's|she is)\s+(.+)$",
-                    re.I | re.S)
-_NOT_CLAUSE = re.compile(r"[,;]?\s*(?:not|rather than|instead of)\b.*$", re.I | re.S)
-# Words after which a stated value starts ("... is X", "... lives in X"): a statement that
-# repeats a stored one up to such a word and differs after it is a new value for it.
-_VALUE_AFTER = frozenset("is are was were am called named in on at".split())
-_EDGE = ".,!?;:\"'()[]"
-# "No, it's fine." is not a correction.
-_NOT_VALUES = frozenset("fine ok okay alright all right good great nothing nevermind whatever correct true "
-                        "wrong false then thanks no problem not important".split())
-
-
-def is_question(text: str) -> bool:
-    t = text.strip()
-    return t.endswith("?") or bool(_QUESTION_START.match(t))
-
-
-def _strip_value(v: str) -> str:
-    v = _NOT_CLAUSE.sub("", v.strip())
-    return v.strip().rstrip(".!").strip()
-
-
-def _norm(w: str) -> str:
-    return w.strip(_EDGE).lower()
-
-
-def _shape(w: str) -> str:
-    w = w.strip(_EDGE)
-    return "9" if any(c.isdigit() for c in w) else "A" if w[:1].isupper() else "a"
-
-
-def replace_value(memory: str, value: str, reply: str = "", question: str = "") -> Tuple[Optional[str], float]:
-    """``memory`` with its value replaced by ``value`` (a correction: "actually, it's X"),
-    and how sure that is; ``(None, 0)`` when no span looks like the value.
-
-    The old value is the stretch of ``memory`` that looks most like ``value`` (same
-    pattern of numbers, capitalised and lower-case words), that the last ``reply``
-    repeated, and that shares no content word with the ``question`` asked (the question
-    names the subject, not the value); later stretches win ties. It never starts or
-    ends on a stopword ("is", "the", "my"), so the sentence around it is kept."""
-    words = memory.split()
-    new = value.split()
-    if not words or not new:
-        return None, 0.0
-    said = {_norm(w) for w in reply.split()}
-    asked = terms(question)
-    article = new[0].lower() in ("the", "a", "an") and len(new) > 1
-    bare = new[1:] if article else new  # spans never start with "the"; compare without it
-    want = [_shape(w) for w in bare]
-    best, best_score = None, 0.0
-    for i in range(len(words)):
-        for j in range(i + 1, min(len(words), i + max(6, len(bare) + 3)) + 1):
-            span = words[i:j]
-            core = [_norm(w) for w in span]
-            if not core[0] or not core[-1] or core[0] in STOPWORDS or core[-1] in STOPWORDS:
-                continue
-            if any(t in asked for t in terms(" ".join(core))):
-                continue
-            score = 0.0
-            if [_shape(w) for w in span] == want:
-                score += 4.0
-            if all(c in said for c in core):
-                score += 2.0
-            if len(span) == len(bare):
-                score += 1.0
-            score += 0.5 * j / len(words) - 0.01 * len(span)  # later, then shorter, wins a tie
-            if score >= 2.0 and score > best_score:
-                best, best_score = (i, j), score
-    if best is None:
-        return None, 0.0
-    i, j = best
-    if article and i > 0 and words[i - 1].lower() == new[0].lower():
-        i -= 1  # "The Copper Kettles" replaces "The Gloaming Hares", not "Gloaming Hares"
-    tail = words[j - 1][len(words[j - 1].rstrip(_EDGE)):]  # keep the sentence's punctuation
-    return " ".join(words[:i] + [" ".join(new) + tail] + words[j:]), best_score
-
-
-def restates(old: str, new: str) -> bool:
-    """True when ``new`` says the same thing as ``old`` with another value: the words
-    agree up to a value word ("is", "called", "in", ...), differ in one stretch after
-    it, and agree again to the end ("My favorite color is blue." / "... is green.")."""
-    a, b = [_norm(w) for w in old.split()], [_norm(w) for w in new.split()]
-    p = 0
-    while p < min(len(a), len(b)) and a[p] == b[p]:
-        p += 1
-    q = 0
-    while q < min(len(a), len(b)) - p and a[-1 - q] == b[-1 - q]:
-        q += 1
-    mid_a, mid_b = a[p:len(a) - q], b[p:len(b) - q]
-    if p < 2 or not mid_a or not mid_b or a[p - 1] not in _VALUE_AFTER:
-        return False
-    return not ({"not", "no", "never"} & set(mid_a + mid_b)) and len(mid_a) <= 6 and len(mid_b) <= 6
-
-
 @dataclass
 class Reply:
     """What ``respond`` produced: the text, the memories used (``(Entry, score)``, best
@@ -175,6 +79,8 @@ class Reply:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     generation_tps: float = 0.0
+    notes: List[str] = field(default_factory=list)  # what was cut or split to fit, in words
+    stopped: bool = False  # generation was interrupted; ``text`` is what came before
 
 
 class Assistant:
@@ -190,15 +96,30 @@ class Assistant:
         max_tokens, temp, top_p: generation settings.
         system: an optional system message.
         auto_learn: ``respond`` passes each message to :meth:`learn`.
+        context: the model's context in tokens (default: its ``max_position_embeddings``;
+            None there means unbounded); the prompt is kept to ``context - max_tokens``.
+        memory_tokens: the most tokens of memories shown in one prompt.
+        chunk_chars: a message longer than this is stored as chunks of at most this size.
+        max_message_chars: longer messages are refused (ValueError).
     """
 
     def __init__(self, model, tokenizer, memory: MemoryBank, *, user: str, k: int = 3,
                  min_score: float = 0.35, margin: float = 0.03, lexical: float = 0.2, copy_bonus: float = 6.0,
                  history_tokens: int = 1024, max_tokens: int = 128, temp: float = 0.0, top_p: float = 1.0,
-                 system: Optional[str] = None, auto_learn: bool = True):
+                 system: Optional[str] = None, auto_learn: bool = True, context: Optional[int] = None,
+                 memory_tokens: int = 512, chunk_chars: int = 500, max_message_chars: int = 200_000):
         if k < 1 or history_tokens < 0 or max_tokens < 1 or margin < 0 or lexical < 0 or copy_bonus < 0:
             raise ValueError("[assistant] need k >= 1, history_tokens >= 0, max_tokens >= 1 and margin, "
                              "lexical, copy_bonus >= 0.")
+        if memory_tokens < 1 or chunk_chars < 20 or max_message_chars < chunk_chars:
+            raise ValueError(f"[assistant] need memory_tokens >= 1, chunk_chars >= 20 and max_message_chars >= "
+                             f"chunk_chars but got {memory_tokens}, {chunk_chars}, {max_message_chars}.")
+        self.context = context if context is not None else model_context(model)
+        if self.context is not None and self.context < max_tokens + 64:
+            raise ValueError(f"[assistant] max_tokens={max_tokens} leaves no room for a prompt in the model's "
+                             f"context of {self.context} tokens; use max_tokens <= {self.context - 64}.")
+        self.memory_tokens, self.chunk_chars, self.max_message_chars = memory_tokens, chunk_chars, max_message_chars
+        self.read_only = False  # set when the bank cannot be written: retrieval stops touching it, nothing is learned
         self.model, self.tokenizer, self.memory, self.user = model, tokenizer, memory, user
         self.k, self.min_score, self.margin, self.lexical, self.copy_bonus = k, min_score, margin, lexical, copy_bonus
         self.history_tokens, self.max_tokens, self.temp, self.top_p = history_tokens, max_tokens, temp, top_p
@@ -206,31 +127,65 @@ class Assistant:
         self.history: List[Tuple[str, str]] = []  # (user message, reply) of this session
         self._example_vecs: Optional[np.ndarray] = None
         self.last: Optional[Reply] = None
+        self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
 
     # ------------------------------------------------------------------ memory
 
     def retrieve(self, message: str) -> List[Tuple[Entry, float]]:
-        hits = self.memory.search(message, self.k, user=self.user, min_score=self.min_score,
-                                  lexical=self.lexical)
+        query = message if len(message) <= 2 * self.chunk_chars else message[-2 * self.chunk_chars:]
+        hits = self.memory.search(query, self.k, user=self.user, min_score=self.min_score,
+                                  lexical=self.lexical, touch=not self.read_only)
         if hits:
             best = hits[0][1]
             hits = [(e, s) for e, s in hits if s >= best - self.margin]
         return hits
 
     def remember(self, text: str) -> Optional[int]:
-        """Store ``text`` as a memory, past the surprise gate."""
-        return self.memory.add(text, user=self.user, source="chat:remember", force=True)
+        """Store ``text`` as a memory, past the surprise gate; a text longer than
+        ``chunk_chars`` as chunks (see :meth:`learn_long`). Returns the (first) id."""
+        if len(text.strip()) <= self.chunk_chars:
+            return self.memory.add(text, user=self.user, source="chat:remember", force=True)
+        ids = self._store_chunks(text, "chat:remember", force=True)
+        return ids[0] if ids else None
 
-    def forget(self, query: str, min_score: float = 0.5) -> List[Entry]:
-        """Delete the memories that match ``query`` (cosine >= ``min_score``); returns them."""
-        hits = [e for e, s in self.memory.search(query, 10, user=self.user, min_score=min_score, touch=False)]
-        if hits:
-            self.memory.forget([e.id for e in hits], user=self.user)
-        return hits
+    def forget_candidates(self, query: str, min_score: float = 0.5, k: int = 10) -> List[Tuple[Entry, float]]:
+        """What ``query`` may mean, best first: the memories whose text is ``query`` (case,
+        spacing and final punctuation aside) when there are any, each with score 1;
+        else the search hits scoring ``min_score`` or more (at most ``k``)."""
+        want = plain(query)
+        exact = [(e, 1.0) for e in self.memory.list(user=self.user) if plain(e.text) == want]
+        if exact:
+            return exact
+        return self.memory.search(query, k, user=self.user, min_score=min_score, touch=False)
+
+    def forget(self, query: str, which=None, min_score: float = 0.5) -> List[Entry]:
+        """Delete what ``query`` means; returns the deleted entries.
+
+        With one candidate (:meth:`forget_candidates`) that one is deleted. With several,
+        ``which`` picks: ``"all"`` or 1-based positions in the candidate list; without it
+        nothing is deleted and a ValueError lists them (never more than the user meant)."""
+        cands = [e for e, _ in self.forget_candidates(query, min_score)]
+        if len(cands) > 1:
+            if which is None:
+                listed = "; ".join(f"{i}. {e.text!r}" for i, e in enumerate(cands, 1))
+                raise ValueError(f"[assistant] {len(cands)} memories match {query!r}: {listed}. "
+                                 f"Pass which= (positions, or 'all') to say which to forget.")
+            if which != "all":
+                picks = [which] if isinstance(which, int) else list(which)
+                bad = [i for i in picks if not (isinstance(i, int) and 1 <= i <= len(cands))]
+                if bad:
+                    raise ValueError(f"[assistant] which={which!r}: positions must be 1 to {len(cands)}.")
+                cands = [cands[i - 1] for i in sorted(set(picks))]
+        if cands:
+            self.memory.forget([e.id for e in cands], user=self.user)
+        return cands
 
     def learn(self, message: str) -> Optional[str]:
-        """Store what ``message`` tells about the user; returns what was done (or None)."""
+        """Store what ``message`` tells about the user; returns what was done (or None).
+        A message longer than ``chunk_chars`` is stored as chunks (:meth:`learn_long`)."""
         text = message.strip()
+        if len(text) > self.chunk_chars:
+            return self.learn_long(text)
         if not text or is_question(text):
             return None
         m = _CORRECTION.match(text)
@@ -251,6 +206,24 @@ class Assistant:
             self.memory.update(old.id, user=self.user, text=text)
             return "corrected"
         return self.memory.write(text, user=self.user, source="chat", force=True).action
+
+    def learn_long(self, text: str) -> Optional[str]:
+        """Store a long message as chunks of at most ``chunk_chars`` (sentences packed
+        together), each its own memory: first-person ones always, the rest past the
+        surprise gate. Returns 'added' when any chunk was, else the first action."""
+        actions = [r.action for r in self._store_chunks(text, "chat:long", force=None, results=True)]
+        return "added" if "added" in actions else (actions[0] if actions else None)
+
+    def _store_chunks(self, text: str, source: str, force: Optional[bool], results: bool = False) -> list:
+        """Write ``text``'s chunks (``force=None``: first-person ones forced); ids or WriteResults."""
+        chunks = split_chunks(text, self.chunk_chars)
+        items = [dict(text=c, source=source, force=bool(_FIRST_PERSON.search(c)) if force is None else force)
+                 for c in chunks]
+        written = self.memory.write_many(items, user=self.user) if items else []
+        added = sum(r.action == "added" for r in written)
+        self.notes.append(f"a {len(text):,}-character message was stored as {len(chunks)} memories of at most "
+                          f"{self.chunk_chars} characters ({added} new)")
+        return written if results else [r.id for r in written]
 
     def _same_fact(self, text: str) -> Optional[Entry]:
         for e, _ in self.memory.search(text, 3, user=self.user, min_score=0.5, touch=False):
@@ -278,12 +251,17 @@ class Assistant:
     def _count(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def build_messages(self, message: str, memories: List[Tuple[Entry, float]]) -> List[dict]:
+    def build_messages(self, message: str, memories: List[Tuple[Entry, float]],
+                       history_tokens: Optional[int] = None) -> List[dict]:
+        """The chat messages for ``message`` with ``memories`` shown, as they are (no
+        budget but ``history_tokens``, default ``self.history_tokens``); :meth:`build_prompt`
+        fits them to the context."""
+        budget = self.history_tokens if history_tokens is None else history_tokens
         msgs: List[dict] = [{"role": "system", "content": self.system}] if self.system else []
         kept, used = [], 0
         for u, a in reversed(self.history):
             cost = self._count(u) + self._count(a)
-            if used + cost > self.history_tokens:
+            if used + cost > budget:
                 break
             kept.append((u, a))
             used += cost
@@ -314,6 +292,61 @@ class Assistant:
             order = np.arange(N_EXAMPLES)
         return [EXAMPLES[i] for i in order[::-1]]
 
+    def prompt_budget(self) -> Optional[int]:
+        """The most prompt tokens (``context - max_tokens``), None when unbounded."""
+        return None if self.context is None else self.context - self.max_tokens
+
+    def fit_memories(self, memories: List[Tuple[Entry, float]]) -> List[Tuple[Entry, float]]:
+        """The best memories whose texts fit ``memory_tokens`` together; the best alone,
+        cut to that budget (an :class:`Entry` copy; the bank is unchanged), when it does not."""
+        kept, used = [], 0
+        for e, s in memories:
+            cost = self._count(e.text)
+            if used + cost > self.memory_tokens:
+                break
+            kept.append((e, s))
+            used += cost
+        if memories and not kept:
+            e, s = memories[0]
+            cut = truncate_tokens(e.text, self.memory_tokens, self._count, keep="start")
+            self.notes.append(f"memory [{e.id}] is {self._count(e.text):,} tokens; {self._count(cut):,} shown")
+            kept = [(replace(e, text=cut), s)] if cut else []
+        return kept
+
+    def build_prompt(self, message: str, memories: List[Tuple[Entry, float]]) -> Tuple[list, List[Tuple[Entry, float]]]:
+        """Prompt token ids for ``message`` that leave ``max_tokens`` of the context free,
+        and the memories actually shown. In order: memories are held to ``memory_tokens``;
+        if the turn alone is still too long it is cut to its end (and with no room for
+        even 16 tokens of it the memories go); earlier turns get what is left."""
+        budget = self.prompt_budget()
+        memories = self.fit_memories(memories)
+        ids = self._prompt_ids(self.build_messages(message, memories, 0))
+        if budget is not None and len(ids) > budget:
+            if memories and self._count(message) - (len(ids) - budget) < 16:
+                self.notes.append("the message leaves no room for memories in the prompt; none shown")
+                memories = []
+                ids = self._prompt_ids(self.build_messages(message, memories, 0))
+            n, cut = self._count(message), message
+            want = n - (len(ids) - budget)
+            while len(ids) > budget and want > 0:
+                cut = truncate_tokens(message, want, self._count)
+                ids = self._prompt_ids(self.build_messages(cut, memories, 0))
+                want -= max(1, len(ids) - budget)
+            if len(ids) > budget:
+                raise ValueError(f"[assistant] the prompt needs {len(ids)} tokens even without the message; the "
+                                 f"context is {self.context} with max_tokens={self.max_tokens}: lower max_tokens.")
+            if cut != message:
+                self.notes.append(f"the message is {n:,} tokens; only its last {self._count(cut):,} were given to "
+                                  f"the model (context {self.context:,} tokens, {self.max_tokens} kept for the reply)")
+            message = cut
+        room = self.history_tokens if budget is None else min(self.history_tokens, budget - len(ids))
+        while room > 0 and self.history:
+            with_history = self._prompt_ids(self.build_messages(message, memories, room))
+            if budget is None or len(with_history) <= budget:
+                return with_history, memories
+            room -= len(with_history) - budget  # the template's own tokens per turn were not counted
+        return ids, memories
+
     def _prompt_ids(self, msgs: List[dict]) -> list:
         tok = self.tokenizer
         if getattr(tok, "has_chat_template", False) or getattr(tok, "chat_template", None):
@@ -332,9 +365,14 @@ class Assistant:
         ``python -m mlx_synapse.generate --memory`` both go through here."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("[assistant] the message is empty.")
+        if len(message) > self.max_message_chars:
+            raise ValueError(f"[assistant] the message is {len(message):,} characters; one turn takes at most "
+                             f"{self.max_message_chars:,}. Send it in parts.")
+        self.notes = []
         memories = self.retrieve(message)
-        learned = self.learn(message) if self.auto_learn else None
-        return self._prompt_ids(self.build_messages(message, memories)), memories, learned
+        learned = self.learn(message) if self.auto_learn and not self.read_only else None
+        ids, memories = self.build_prompt(message, memories)
+        return ids, memories, learned
 
     def processors(self, ids: list, memories: List[Tuple[Entry, float]]) -> list:
         """Logits processors for the reply to prompt ``ids``: the copy bias toward the
@@ -347,16 +385,20 @@ class Assistant:
     def stream_respond(self, message: str) -> Iterator[str]:
         """Yield the reply piece by piece; ``self.last`` holds the whole :class:`Reply` after."""
         ids, memories, learned = self.prepare(message)
-        text, last = "", None
-        for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
-                                    temp=self.temp, top_p=self.top_p,
-                                    logits_processors=self.processors(ids, memories)):
-            text += last.text
-            yield last.text
-        reply = Reply(text.strip(), memories, learned, len(ids),
-                      last.generation_tokens if last else 0, last.generation_tps if last else 0.0)
-        self.history.append((message, reply.text))
-        self.last = reply
+        text, last, done = "", None, False
+        try:
+            for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
+                                        temp=self.temp, top_p=self.top_p,
+                                        logits_processors=self.processors(ids, memories)):
+                text += last.text
+                yield last.text
+            done = True
+        finally:  # also when the caller stops early (Ctrl-C, close()): the session keeps what was said
+            reply = Reply(text.strip(), memories, learned, len(ids),
+                          last.generation_tokens if last else 0, last.generation_tps if last else 0.0,
+                          list(self.notes), stopped=not done)
+            self.history.append((message, reply.text))
+            self.last = reply
 
     def respond(self, message: str) -> Reply:
         for _ in self.stream_respond(message):

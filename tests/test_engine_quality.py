@@ -40,8 +40,10 @@ def test_engine_perplexity_matches_mlx(pair):
         pytest.skip("WikiText-2 not found (see ../shared/data/README.md)")
     ids = q.wikitext_ids(tok, 512)
     ref = q.forward_ppl(np.array(mx_model(mx.array(ids[None, :-1]))[0].astype(mx.float32)), ids)
+    # Measured (benchmarks/results/epyc2/cpu_prefill/quality.json): decode +0.0011%, prefill
+    # on the codes -0.0079%. The bounds are ~10x and ~5x that: a real regression is caught.
     ours = q.engine_ppl(np_model, ids)
-    assert abs(ours / ref - 1) < 0.005, (ours, ref)
+    assert abs(ours / ref - 1) < 1e-4, (ours, ref)
     assert np_model.engine_status == "on"
     prefill = q.forward_ppl(np_model(ids[:-1]), ids)
-    assert abs(prefill / ref - 1) < 0.005, (prefill, ref)
+    assert abs(prefill / ref - 1) < 4e-4, (prefill, ref)

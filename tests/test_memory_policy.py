@@ -289,17 +289,29 @@ def test_learned_bad_inputs():
 
 # ---- the benchmark ---------------------------------------------------------------------------
 
-def test_benchmark_small_learned_beats_fifo():
-    """Small banks are noisy (at 1000 entries learned loses to FIFO on some seeds), so this runs
-    1500 entries on the fixed seeds 0-4, where learned beats FIFO on every seed."""
+def test_benchmark_learned_against_lru_and_fifo():
+    """The README's eviction claim (learned ahead of LRU, LRU ahead of FIFO) on ten seeds that
+    were not used to tune anything, at the README's 5,000 entries and 90% eviction. Asserted
+    on the paired per-seed gains, with the margin taken from their spread: the mean gain must
+    exceed two standard errors. Learned does not beat LRU on every seed (40 seeds measured:
+    ahead on 35, mean gain 0.026, std 0.023), so no per-seed claim is made against LRU."""
     from mlx_synapse.benchmarks.memory_bench import Workload, simulate
 
-    runs = [simulate(Workload(entries=1500), seed) for seed in range(5)]
-    gain = np.array([r["results"]["learned"][0] - r["results"]["fifo"][0] for r in runs])
-    assert (gain > 0).all(), gain
-    assert gain.mean() > 0.03
-    for r in runs:
-        res = r["results"]
-        assert res["none"][0] > 0.95  # nearly every fact is findable before eviction
-        assert res["learned"][0] > res["random"][0] + 0.1
-        assert r["n_params"] == 1313
+    runs = [simulate(Workload(entries=5000), seed) for seed in range(300, 310)]
+    assert {r["n_params"] for r in runs} == {1313}
+    acc = {p: np.array([r["results"][p][0] for r in runs]) for p in ("learned", "lru", "fifo", "random", "none")}
+
+    def significant(gain):
+        sem = gain.std(ddof=1) / np.sqrt(len(gain))
+        return gain.mean() > 2 * sem, (gain.mean(), sem, gain)
+
+    ok, why = significant(acc["learned"] - acc["lru"])
+    assert ok, why
+    ok, why = significant(acc["learned"] - acc["fifo"])
+    assert ok, why
+    ok, why = significant(acc["lru"] - acc["fifo"])
+    assert ok, why
+    assert (acc["learned"] > acc["fifo"]).all(), acc  # 40 of 40 seeds measured, smallest gain 0.010
+    assert (acc["none"] > 0.95).all()  # nearly every fact is findable before eviction
+    assert (acc["learned"] > acc["random"] + 0.1).all()
+    assert 0.38 < acc["learned"].mean() < 0.47 and 0.35 < acc["lru"].mean() < 0.44, acc

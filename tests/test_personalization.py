@@ -142,11 +142,11 @@ class FakeModel:
 
 
 def fake_reply(prompt: str) -> str:
-    """A 'model' that repeats the memories shown, else shrugs."""
-    m = re.findall(r"Context: (.*?)\n\nQuestion:", prompt, re.S)
-    if len(m) <= 2:  # only the two worked examples, or no context at all
-        return "I don't know."
-    return m[-1]
+    """A 'model' that repeats the last user turn, whatever it holds: the memories shown and
+    the question, or the bare question. It answers right exactly when the answer is in the
+    prompt's last turn (no question contains its answer: test_no_distractor_or_question_...)."""
+    last = prompt.rsplit("user: ", 1)[-1]
+    return last.rsplit("\n\nassistant:", 1)[0]
 
 
 def fake_gen(model, tok, ids, max_tokens, processors=None):
@@ -169,21 +169,50 @@ def fake(tmp_path, monkeypatch):
                                                    policy="lru"))
 
 
-def test_fake_run_of_every_phase(fake):
+@pytest.fixture
+def eval_dir(tmp_path, monkeypatch):
+    """A tiny WikiText-2 and HellaSwag (5 items) for (d)."""
+    import bz2
+
+    d = tmp_path / "eval"
+    d.mkdir()
+    (d / pz.WIKITEXT).write_text(" = Valkyria Chronicles = \n The game began development in 2010 . " * 20)
+    items = []
+    for i in range(5):
+        items += [f"A person opens box {i} and", str(i % 4), "finds a cat.", "finds a hat.", "sings.", "leaves."]
+    with bz2.open(d / pz.HELLASWAG, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(items) + "\n")
+    monkeypatch.setattr(pz, "EVAL_DIR", d)
+    return d
+
+
+def test_fake_run_of_every_phase(fake, eval_dir):
     fs = pf.build(0, 300, n_distractors=100)
     a = pz.accuracy_with_without(fake.model, fake.tok, fake.bank(), fs, 2, 30, 0, 8, gen=fake_gen)
+    # The fake answers from whatever the prompt holds: "without" is 0 only because no memory
+    # reaches that prompt (the other user's bank is empty), and "with" is retrieval's rate.
     assert a["n"] == 30 and a["without"] == 0.0
+    assert all(t["prompt_tokens"] < 200 for t in a["turns_without"])
     assert a["with_"] == pytest.approx(a["in_context"])  # the fake reads perfectly whatever it is shown
     assert a["with_"] > 0.3
     b = pz.accuracy_vs_scale(fake.model, fake.tok, fake.bank(), [1, 10], 2, 6, 0, 8, gen=fake_gen)
     assert [r["n"] for r in b] == [6, 6] and b[0]["users"] == 3
     c = pz.corrections(fake.model, fake.tok, fake.bank(), fs, 4, 0, 8, gen=fake_gen)
-    assert c["n"] == 4 and 0 <= c["after"] <= 1
+    assert c["n"] == 4
+    # The fake repeats what it is shown: the memory is rewritten exactly when it was the one
+    # shown before the correction (3 of these 4; the fake encoder shows another fact for the
+    # first), and then the next answer gives the new value and not the old one.
+    assert [r["right_memory_first"] for r in c["rows"]] == [False, True, True, True]
+    assert [r["stored_has_new"] for r in c["rows"]] == [False, True, True, True]
+    assert [r["right_after"] for r in c["rows"]] == [False, True, True, True]
+    assert [r["old_in_reply"] for r in c["rows"]] == [True, False, False, False]
+    assert c["learned_corrected"] == 1.0 and c["after"] == 0.75
     f = pz.sessions(fake.model, fake.tok, fake.bank(), fs, 10, 5, 0, 8, gen=fake_gen)
     assert f["n"] == 10 and set(f["by_position"]) == set(range(5))
     assert f["acc"] == pytest.approx(f["in_context"])
     d = pz.zero_forgetting(fake.model, fake.tok, fake.bank(), 150, 3, 0)
     assert d["identical"] and d["writes"] == 150 and d["max_score_diff"] == 0.0
+    assert d["before"]["hellaswag"]["n"] == 3 and d["before"]["ppl"] > 1.0
     res = dict(machine=pz.machine(), command="x", model="fake", backend="numpy", max_tokens=8, seed=0, seconds=1.0,
                a=a, b=b, c=c, d=d, e=pz.latency(a), f=f)
     text = pz.report(res)
@@ -213,3 +242,42 @@ def test_cached_encoder_encodes_queries_afresh():
     enc(["a b", "c d", "e"])
     enc(["a b"])
     assert calls == [["a b", "c d"], ["e"], ["a b"]]
+
+
+def test_zero_forgetting_sees_a_changed_model(fake, eval_dir):
+    """(d) is not identical when the writes change the model (a bank that nudges one weight)."""
+
+    class Tampering:
+        def __init__(self, bank, model):
+            self.bank, self.model = bank, model
+
+        def write_many(self, items, **kw):
+            self.model.weights.table[65, 66] += 1e-3
+            return self.bank.write_many(items, **kw)
+
+        def stats(self):
+            return self.bank.stats()
+
+    d = pz.zero_forgetting(fake.model, fake.tok, Tampering(fake.bank(), fake.model), 20, 5, 0)
+    assert d["identical"] is False and d["writes"] == 20
+    assert d["before"]["weights"]["sha256"] != d["after"]["weights"]["sha256"]
+
+
+def test_without_memory_counts_a_leaked_memory(fake):
+    """The "without" condition would score when memories reached its prompt."""
+    fs = pf.build(0, 300, n_distractors=100)
+    bank = fake.bank()
+    pz._store(bank, "a-nobody", fs, len(fs.facts))  # the no-memory user now has the facts
+    a = pz.accuracy_with_without(fake.model, fake.tok, bank, fs, 2, 30, 0, 8, gen=fake_gen)
+    assert a["without"] == pytest.approx(a["with_"]) and a["without"] > 0.3
+
+
+def test_missing_eval_data_fails_loudly(fake, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pz, "EVAL_DIR", tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match=r"wikitext2_raw_test.txt.*--skip d"):
+        pz.zero_forgetting(fake.model, fake.tok, fake.bank(), 10, 3, 0)
+    with pytest.raises(SystemExit) as e:  # before the model is loaded
+        pz.main(["--skip", "a", "b", "c", "f", "--model", str(tmp_path / "no-model")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hellaswag_val_full.txt.bz2" in err[0] and "--skip d" in err[0]

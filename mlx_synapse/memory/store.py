@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from .files import holders, make_private_dirs, permission_error
 from .int8 import quantize
 from .records import (  # noqa: F401  (TIERS is part of this module's API)
     MAX_DIM,
@@ -63,6 +64,9 @@ DEFAULT_TIER = "warm"
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 64 * 1024
 MAX_NAME_BYTES = 1024  # user, encoder
+# Meta keys carry a user name behind a short prefix ("gate:<user>"), so they may be longer.
+MAX_META_KEY_BYTES = MAX_NAME_BYTES + 64
+PENDING_SCRUB_KEY = "pending_scrub"  # set while deleted text may remain in the file's bytes
 MAX_SOURCE_BYTES = 4096
 APPLICATION_ID = 0x4D53594E  # "MSYN" in the SQLite header: marks our files
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -125,7 +129,10 @@ def _current_version() -> int:
     return len(_MIGRATIONS)
 
 
-# ----------------------------------------------------------------------------- validation
+def _is_permission(e: sqlite3.Error) -> bool:
+    """SQLITE_READONLY / SQLITE_CANTOPEN: the file or its directory may not be written."""
+    m = str(e)
+    return "readonly" in m or "unable to open" in m or "read-only" in m
 
 
 class MemoryStore:
@@ -168,9 +175,14 @@ class MemoryStore:
         self._db: Optional[sqlite3.Connection] = None
         self.path = str(path) if str(path) == ":memory:" else os.path.abspath(os.fspath(path))
         in_memory = self.path == ":memory:"
+        self._timeout_ms = int(timeout * 1000)
+        self._pending = False  # deleted text may remain in the file's bytes (see scrub)
         if not in_memory:
             self._prepare_file()
-        db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as e:
+            raise self._cannot_write(e) from None
         try:
             self._check_readable(db)
             db.execute("PRAGMA synchronous = FULL")
@@ -182,30 +194,59 @@ class MemoryStore:
             if not in_memory:
                 self._enable_wal(db, timeout)
             self._migrate(db)
+        except sqlite3.OperationalError as e:
+            db.close()
+            if _is_permission(e):
+                raise self._cannot_write(e) from None
+            raise
         except BaseException:
             db.close()
             raise
         self._db = db
+        if not in_memory and self.get_meta(PENDING_SCRUB_KEY) is not None:
+            self._pending = True
+            self._finish_scrub()
 
     # -- opening
 
     def _prepare_file(self) -> None:
-        parent = os.path.dirname(self.path)
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+        make_private_dirs(os.path.dirname(self.path))
         try:  # create it owner-only; SQLite gives -wal/-shm the same mode
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             pass
+        except OSError as e:
+            raise permission_error(self.path, e, "create the memory database") from None
         if not os.path.isfile(self.path):
-            raise ValueError(f"[memory.store] {self.path} is not a regular file.")
-        with open(self.path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
+            raise ValueError(
+                f"[memory.store] {self.path} is not a regular file (a directory?); give the path of "
+                f"a database file."
+            )
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError as e:
+            raise permission_error(self.path, e, "read the memory database") from None
         # SQLite would take a short non-database file for an empty database and overwrite it.
         if head and head != _SQLITE_MAGIC:
             raise ValueError(
                 f"[memory.store] {self.path} is not an SQLite database (its first bytes are "
                 f"{head[:16]!r}); refusing to open or overwrite it. Move it aside or pick another path."
             )
+
+    def _cannot_write(self, e: sqlite3.Error) -> ValueError:
+        """The error for a file or directory that SQLite may not write (not a corruption)."""
+        d = os.path.dirname(self.path)
+        if not os.access(self.path, os.W_OK):
+            return ValueError(
+                f"[memory.store] {self.path} is read-only ({e}); writing to memory needs write "
+                f"permission (chmod u+w), or use another --db path."
+            )
+        return ValueError(
+            f"[memory.store] cannot use {self.path}: its directory {d} is not writable ({e}), and "
+            f"SQLite keeps {os.path.basename(self.path)}-wal and -shm beside the file. Make the "
+            f"directory writable, or copy the file to one that is."
+        )
 
     def _check_readable(self, db: sqlite3.Connection) -> None:
         """Read-only checks: the file is an SQLite database of ours, at a schema we know."""
@@ -216,6 +257,8 @@ class MemoryStore:
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                 raise
+            if self.path != ":memory:" and _is_permission(e):
+                raise self._cannot_write(e) from None
             raise ValueError(
                 f"[memory.store] {self.path} is not a readable SQLite database ({e}); it may be "
                 f"corrupted. It was left untouched: restore it from a backup or move it aside."
@@ -224,6 +267,14 @@ class MemoryStore:
             raise ValueError(
                 f"[memory.store] {self.path} is an SQLite database of another application "
                 f"(application_id {app:#x}), not an mlx_synapse memory store; it was left untouched."
+            )
+        # A file of ours has our application_id from its first migration on; any other file
+        # with a schema version or tables is someone else's and must not be written.
+        if app != APPLICATION_ID and (version or n_tables):
+            raise ValueError(
+                f"[memory.store] {self.path} is an SQLite database without the memory-store mark "
+                f"(application_id {app:#x}, user_version {version}, {n_tables} schema objects): not an "
+                f"mlx_synapse memory store. It was left untouched; pick another path."
             )
         if version == 0 and n_tables:
             raise ValueError(
@@ -306,6 +357,8 @@ class MemoryStore:
                 # sqlite3 raises the bare DatabaseError for SQLITE_CORRUPT and SQLITE_NOTADB
                 if type(e) is sqlite3.DatabaseError:
                     raise self._corrupt(e) from e
+                if _is_permission(e):
+                    raise self._cannot_write(e) from None
                 raise
             return out
 
@@ -700,7 +753,7 @@ class MemoryStore:
             raise ValueError(f"[memory.store] meta must be a dict but got {type(meta).__name__}.")
         out = []
         for k, v in meta.items():
-            _check_str(k, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+            _check_str(k, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
             out.append((k, _to_json(v, f"meta value of {k!r}", "", MAX_METADATA_BYTES)))
         return out
 
@@ -711,19 +764,19 @@ class MemoryStore:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key``, or ``default``."""
-        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        _check_str(key, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value (dict, list, str, number, bool, None) under ``key``."""
-        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        _check_str(key, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
         s = _to_json(value, f"meta value of {key!r}", "", MAX_METADATA_BYTES)
         self._write(lambda db: db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, s)))
 
     def delete_meta(self, key: str) -> bool:
         """Remove ``key`` from meta; returns whether it was there."""
-        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        _check_str(key, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
         return self._write(lambda db: db.execute("DELETE FROM meta WHERE key = ?", (key,)).rowcount) > 0
 
     # -- maintenance
@@ -733,12 +786,58 @@ class MemoryStore:
         (``PRAGMA data_version``): cheap to poll to notice other processes' writes."""
         return self._read("PRAGMA data_version")[0][0]
 
-    def checkpoint(self) -> bool:
+    def checkpoint(self, wait: Optional[float] = None) -> bool:
         """Copy the WAL into the database file and truncate the ``-wal`` file to zero
-        bytes, so deleted text is gone from it too. Returns False when another
-        connection's open read kept the checkpoint from completing (try again later)."""
-        busy, _log, _done = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
-        return busy == 0
+        bytes, so deleted text is gone from it too. Waits up to ``wait`` seconds (default:
+        the store's ``timeout``) for other connections' reads. Returns False when an open
+        read kept the checkpoint from completing (try again later)."""
+        with self._lock:
+            db = self._conn
+            if wait is not None:
+                db.execute(f"PRAGMA busy_timeout = {max(0, int(wait * 1000)):d}")
+            try:
+                busy, _log, _done = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+            finally:
+                if wait is not None:
+                    db.execute(f"PRAGMA busy_timeout = {self._timeout_ms:d}")
+            return busy == 0
+
+    def scrub(self, wait: float = 2.0) -> List[str]:
+        """Make deleted and overwritten text leave the file's bytes (database, ``-wal``).
+
+        Checkpoints and truncates the WAL, waiting up to ``wait`` seconds for other
+        connections' open reads (a reader's snapshot keeps old pages in place). Returns
+        ``[]`` when the bytes are gone. Otherwise returns the processes holding the file
+        open (``'pid N (command)'`` on Linux) and leaves a pending-scrub mark in the file,
+        which the next :meth:`scrub`, open or close of a store (or the last reader's own
+        close, where SQLite checkpoints) completes.
+        """
+        if self.path == ":memory:":
+            return []
+        with self._lock:
+            if self.checkpoint(wait):
+                if self._pending:
+                    self.delete_meta(PENDING_SCRUB_KEY)
+                    self.checkpoint(0)  # the mark's own frame; it holds no deleted text
+                    self._pending = False
+                return []
+            if not self._pending:
+                self.set_meta(PENDING_SCRUB_KEY, time.time())
+                self._pending = True
+            return holders(self.path) or ["another connection (its process could not be named)"]
+
+    @property
+    def scrub_pending(self) -> bool:
+        """Whether deleted text may still be in the file's bytes (see :meth:`scrub`)."""
+        return self._pending
+
+    def _finish_scrub(self) -> None:
+        """Best effort, without waiting: complete a pending scrub (at open, close, writes)."""
+        if self._pending:
+            try:
+                self.scrub(wait=0)
+            except (ValueError, sqlite3.Error):  # read-only file, or busy: the next try completes it
+                pass
 
     def vacuum(self) -> bool:
         """Rebuild the database file compactly (dropping free pages), then :meth:`checkpoint`."""
@@ -755,6 +854,7 @@ class MemoryStore:
         into the database file and removes ``-wal`` and ``-shm``."""
         with self._lock:
             if self._db is not None:
+                self._finish_scrub()
                 self._db.close()
                 self._db = None
 

@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .index import VectorIndex
-from .lexical import overlap
+from .lexical import overlap, statement_key
 from .policy import (
     EntryStats,
     FIFOPolicy,
@@ -61,11 +61,11 @@ from .policy import (
     entry_bytes,
     plan_degradation,
 )
-from .records import _check_str
+from .records import MAX_SCALE, _check_str
 from .store import MAX_NAME_BYTES, MemoryStore
 from .surprise import SurpriseGate
 
-__all__ = ["MemoryBank", "Entry", "WriteResult", "default_db_path", "default_user", "EXPORT_FORMAT"]
+__all__ = ["MemoryBank", "Entry", "WriteResult", "ScrubPending", "default_db_path", "default_user", "EXPORT_FORMAT"]
 
 EXPORT_FORMAT = "mlx_synapse.memory/1"
 POLICIES = ("learned", "lru", "fifo", "random")
@@ -131,6 +131,21 @@ class WriteResult:
     similarity: Optional[float] = None
 
 
+class ScrubPending(ValueError):
+    """The entries were deleted (or their text rewritten) in the database, but another
+    process's open read keeps the old text in the file's bytes for now.
+
+    ``count`` is how many entries were deleted, ``readers`` the processes holding the
+    file (``'pid N (command)'`` on Linux). A pending-scrub mark in the file makes the
+    next open, close or operation of a bank (or the last reader's own close) finish it.
+    A ValueError, so that callers that print ValueErrors as one line report it.
+    """
+
+    def __init__(self, msg: str, count: int, readers: List[str]):
+        super().__init__(msg)
+        self.count, self.readers = count, readers
+
+
 def _err(msg: str) -> ValueError:
     return ValueError(f"[memory.bank] {msg}")
 
@@ -140,6 +155,10 @@ def _check_user(user) -> str:
         return _check_str(user, "user", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
     except ValueError as e:
         raise _err(str(e).split("] ", 1)[-1] + " Pass user='<name>' (one bank holds many users).") from None
+
+
+def _as_f16(vecs) -> np.ndarray:
+    return np.stack(vecs).astype("<f2").astype(np.float32)
 
 
 def _encode_b64(a: np.ndarray) -> str:
@@ -210,6 +229,9 @@ class MemoryBank:
         self.policy_name, self.backend, self.seed = policy, backend, seed
         self._indexes: Dict[str, VectorIndex] = {}
         self._bytes: Optional[int] = None
+        # Uses found by search, id -> [uses, last time], kept in memory and written with the next
+        # write transaction (or at close): a search is a read and must not cost a durable commit.
+        self._touch: Dict[int, List[float]] = {}
         self._dv = self.store.data_version()
 
     # ------------------------------------------------------------------ plumbing
@@ -242,6 +264,8 @@ class MemoryBank:
 
     def _sync(self) -> None:
         """Drop cached indexes when another connection has committed to the file."""
+        if self.store.scrub_pending:
+            self.store.finish_scrub()
         dv = self.store.data_version()
         if dv != self._dv:
             self._indexes.clear()
@@ -277,6 +301,34 @@ class MemoryBank:
             vecs = self._embed([r[1] for r in rows])
             self.store.set_vectors([(r[0], v, name) for r, v in zip(rows, vecs)])
             done += len(rows)
+
+    def _entry(self, row: Dict[str, Any]) -> Entry:
+        """The row as an Entry, with the uses of searches not yet written counted in."""
+        t = self._touch.get(row["id"])
+        if t is not None:
+            row = dict(row, hits=row["hits"] + int(t[0]), last_access=max(row["last_access"], t[1]))
+        return Entry._of(row)
+
+    def _take_touches(self) -> List[Tuple[int, int, float]]:
+        out = [(i, int(n), when) for i, (n, when) in self._touch.items()]
+        return out
+
+    def flush(self) -> None:
+        """Write the access statistics of searches (kept in memory until the next write)."""
+        if self._touch:
+            self.store.add_many([], touches=self._take_touches())
+            self._touch.clear()
+            self._dv = self.store.data_version()
+
+    def _scrubbed(self, what: str, count: int, wait: float = 2.0) -> None:
+        readers = self.store.scrub(wait)
+        if readers:
+            raise ScrubPending(
+                f"[memory.bank] {what}, but the old text is still in the bytes of {self.path} because "
+                f"{'; '.join(readers)} holds it open for reading. The scrub finishes when that reader "
+                f"closes (or at this bank's next use or close); close it and run the command again.",
+                count, readers,
+            )
 
     def _gate(self, user: str) -> SurpriseGate:
         return SurpriseGate.from_state(self.store.get_meta(_GATE_KEY + user), self.gamma, self.warmup)
@@ -353,20 +405,36 @@ class MemoryBank:
         name = self.encoder.name
         results: List[Optional[WriteResult]] = [None] * len(norm)
         rows, row_of, refresh = [], [], []  # row_of[j] = item index of rows[j]
-        # The nearest stored entry of every text, in one search (the index is unchanged until the
+        keys = [statement_key(it["text"]) for it in norm]
+        # The nearest stored entries of every text, in one search (the index is unchanged until the
         # batch is written); near-duplicates within the batch are checked against the rows kept so far.
-        near_ids, near_scores = idx.search(vecs, 1) if len(idx) else (None, None)
+        near_ids, near_scores = idx.search(vecs, min(len(idx), 4)) if len(idx) else (None, None)
+        # A near-duplicate is refreshed only when it says the same thing: same words, case and
+        # punctuation aside. "... is w0x1" and "... is w0x2" are close vectors but two facts.
+        near_key: Dict[int, tuple] = {}
+        if near_ids is not None and (near_scores >= self.dedup).any():
+            cand = sorted({int(i) for i in near_ids[near_scores >= self.dedup]})
+            near_key = {r["id"]: statement_key(r["text"]) for r in self.store.get_many(cand)}
+        batch_key: Dict[tuple, int] = {}  # statement key -> index into rows
         for i, (it, v) in enumerate(zip(norm, vecs)):
             best_id, best = None, -2.0
+            dup = None
             if near_ids is not None:
                 best_id, best = int(near_ids[i, 0]), float(near_scores[i, 0])
+                for nid, sc in zip(near_ids[i], near_scores[i]):
+                    if sc >= self.dedup and near_key.get(int(nid)) == keys[i]:
+                        dup = (int(nid), float(sc))
+                        break
             if rows:  # near-duplicates within this batch
                 sims = vecs[row_of] @ v
                 j = int(np.argmax(sims))
                 if sims[j] > best:
                     best_id, best = -1 - j, float(sims[j])
-            if best >= self.dedup:
-                refresh.append((i, best_id, best))
+                j = batch_key.get(keys[i])
+                if dup is None and j is not None and sims[j] >= self.dedup:
+                    dup = (-1 - j, float(sims[j]))
+            if dup is not None:
+                refresh.append((i, dup[0], dup[1]))
                 continue
             s = it.get("surprise")
             if s is not None:
@@ -377,30 +445,35 @@ class MemoryBank:
                 thr = d.threshold
             else:
                 thr = None
+            batch_key.setdefault(keys[i], len(rows))
             rows.append(dict(
                 user=user, text=it["text"], source=it.get("source"), metadata=it.get("metadata"),
                 created=now, last_access=now, surprise=s, tier="hot", vector=v, encoder=name,
-                redundancy=max(best, 0.0) if best > -2.0 else None,
+                redundancy=max(best, 0.0) if best > -2.0 else None, hits=0,
             ))
             row_of.append(i)
             results[i] = WriteResult(None, "added", s, thr, best if best > -2.0 else None)
+        touches = self._take_touches()
+        for i, target, sim in refresh:
+            if target < 0:  # a text of this batch: the new row starts with the use
+                rows[-1 - target]["hits"] += 1
+            else:
+                touches.append((target, 1, now))
         meta = {_GATE_KEY + user: gate.state()} if gate.count else None
-        new_ids = self.store.add_many(rows, meta=meta) if rows or meta else []
+        new_ids = self.store.add_many(rows, meta=meta, touches=touches) if rows or meta or touches else []
+        self._touch.clear()
         if rows:
-            idx.add_vectors(np.array(new_ids, np.int64), np.stack([r["vector"] for r in rows]))
+            # as stored ('hot': float16), so the cached index equals one loaded from the file
+            idx.add_vectors(np.array(new_ids, np.int64), _as_f16([r["vector"] for r in rows]))
             for j, (i, nid) in enumerate(zip(row_of, new_ids)):
                 results[i] = WriteResult(nid, "added", results[i].surprise, results[i].threshold,
                                          results[i].similarity)
             if self._bytes is not None:
                 self._bytes += int(sum(entry_bytes("hot", len(r["text"].encode("utf-8")), len(r["vector"]))
                                        for r in rows))
-        touched = []
         for i, target, sim in refresh:
             tid = new_ids[-1 - target] if target < 0 else target
-            touched.append(tid)
             results[i] = WriteResult(tid, "refreshed", norm[i].get("surprise"), None, sim)
-        if touched:
-            self.store.touch(touched, now=now)
         self._dv = self.store.data_version()
         if rows and self.policy_name == "learned" and self.retrain_every is not None:
             t0 = self.store.get_meta("snapshot_time")
@@ -453,27 +526,29 @@ class MemoryBank:
         idx = self._index(user)
         if not len(idx):
             return []
-        pool = max(2 * k, k + 8, 32 if lexical else 0)
-        ids, _ = idx.search(q, min(len(idx), pool))
+        # The index's cosines are the scores; rows are read only for the entries returned
+        # (and, with lexical re-ranking, for the texts of the pool).
+        pool = max(2 * k, k + 8, 32) if lexical else k
+        ids, scores = idx.search(q, min(len(idx), pool), None if lexical else min_score)
+        rows = {r["id"]: r for r in self.store.get_many(ids)}
         hits = []
-        for row in self.store.get_many(ids):
-            if row["user"] != user or row["vector"] is None:
+        for i, score in zip(ids.tolist(), scores.tolist()):
+            row = rows.get(i)
+            if row is None or row["user"] != user or row["vector"] is None:
                 continue  # another process changed it meanwhile
-            v = row["vector"]
-            vf = v.astype(np.float32) * (row["scale"] if row["scale"] is not None else 1.0)
-            n = float(np.linalg.norm(vf))
-            score = float(vf @ q) / n if n > 0 else 0.0
-            hits.append((Entry._of(row), score))
+            hits.append((self._entry(row), float(score)))
         if lexical and hits:
             bonus = overlap(query, [e.text for e, _ in hits])
             hits = [(e, s + lexical * float(b)) for (e, s), b in zip(hits, bonus)]
-        hits.sort(key=lambda h: (-h[1], h[0].id))
-        if min_score is not None:
-            hits = [h for h in hits if h[1] >= min_score]
+            hits.sort(key=lambda h: (-h[1], h[0].id))
+            if min_score is not None:
+                hits = [h for h in hits if h[1] >= min_score]
         hits = hits[:k]
-        if touch and hits:
-            self.store.touch([e.id for e, _ in hits])
-            self._dv = self.store.data_version()
+        if touch:
+            when = time.time()
+            for e, _ in hits:
+                t = self._touch.setdefault(e.id, [0, when])
+                t[0], t[1] = t[0] + 1, max(t[1], when)
         return hits
 
     def get(self, id: int, *, user: Optional[str] = None) -> Optional[Entry]:
@@ -481,17 +556,22 @@ class MemoryBank:
         row = self.store.get(id)
         if row is None or (user is not None and row["user"] != _check_user(user)):
             return None
-        return Entry._of(row)
+        return self._entry(row)
 
     def list(self, *, user: Optional[str] = None, tier: Optional[str] = None,
              limit: Optional[int] = None) -> List[Entry]:
-        """Entries (of ``user``, or all), oldest first; only those in ``tier`` if given."""
+        """Entries (of ``user``, or all), oldest first; only those in ``tier`` if given, at
+        most ``limit`` (an int >= 0) when given."""
         if user is not None:
             user = _check_user(user)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise _err(f"limit must be an int >= 0 (or None: no limit) but got {limit!r}.")
+        if limit == 0:
+            return []
         out = []
         for row in self.store.iter_entries(user):
             if tier is None or row["tier"] == tier:
-                out.append(Entry._of(row))
+                out.append(self._entry(row))
                 if limit is not None and len(out) >= limit:
                     break
         return out
@@ -515,11 +595,15 @@ class MemoryBank:
                 vec = self._embed([text])[0]
                 fields.update(vector=vec, encoder=self.encoder.name)
         self._sync()
+        self.flush()
         self.store.update(id, **fields)
         if vec is not None and cur.user in self._indexes:
-            self._indexes[cur.user].add_vectors(np.array([id], np.int64), vec[None])
+            self._indexes[cur.user].add_vectors(np.array([id], np.int64), _as_f16([vec]))
         self._bytes = None
         self._dv = self.store.data_version()
+        if "text" in fields:  # a correction: the old text must leave the file's bytes too
+            self._recent.clear()
+            self._scrubbed(f"entry {id} was updated", 0)
         return self.get(id)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ forgetting
@@ -536,13 +620,17 @@ class MemoryBank:
           (``created`` earlier / later than a time in seconds since the epoch).
 
         Deleted text is overwritten in the file (secure_delete) and the write-ahead log
-        is checkpointed and truncated, so it is not left in the file's bytes.
+        is checkpointed and truncated, so it is not left in the file's bytes. When another
+        process holds a read open on the file, that cannot finish at once: after waiting up
+        to 2 s, :class:`ScrubPending` (a ValueError naming the reader) is raised, and the
+        scrub completes as soon as it can (see :meth:`MemoryStore.scrub`).
         """
         if id is None and user is None:
             raise _err("forget needs an id, a list of ids, or user=... (with an optional where=...).")
         if user is not None:
             user = _check_user(user)
         self._sync()
+        self.flush()
         if id is not None:
             if where is not None:
                 raise _err("give either ids or where=..., not both.")
@@ -556,13 +644,13 @@ class MemoryBank:
                 self.store.delete_meta(key)
         else:
             match = self._matcher(where)
-            ids = [row["id"] for row in self.store.iter_entries(user) if match(Entry._of(row))]
+            ids = [row["id"] for row in self.store.iter_entries(user) if match(self._entry(row))]
             n = self.store.delete(ids)
         self._indexes.clear()
         self._recent.clear()
         self._bytes = None
-        self.store.checkpoint()
         self._dv = self.store.data_version()
+        self._scrubbed(f"{n} entr{'y was' if n == 1 else 'ies were'} deleted", n)
         return n
 
     @staticmethod
@@ -635,6 +723,7 @@ class MemoryBank:
             raise _err(f"budget_bytes must be an int >= 0 but got {budget_bytes!r}.")
         now = time.time() if now is None else float(now)
         self._sync()
+        self.flush()
         st = self.store.stats()
         total = self._total_bytes(st)
         if budget_bytes is None:
@@ -650,7 +739,7 @@ class MemoryBank:
         self.store.apply_moves(moves)
         self._indexes.clear()
         self._bytes = None
-        self.store.checkpoint()
+        self.store.scrub(wait=0)  # evicted text leaves the bytes now, or at the next chance
         self._dv = self.store.data_version()
         return moves
 
@@ -666,6 +755,7 @@ class MemoryBank:
         ``examples``, ``positives``, ``reason``).
         """
         now = time.time() if now is None else float(now)
+        self.flush()
         t0 = self.store.get_meta("snapshot_time")
         report: Dict[str, Any] = {"trained": False, "examples": 0, "positives": 0}
         if t0 is None:
@@ -702,13 +792,19 @@ class MemoryBank:
         if user is not None:
             user = _check_user(user)
         path = Path(os.path.expanduser(os.fspath(path)))
+        if path.is_dir():
+            raise _err(f"cannot export to {path}: it is a directory; give a file path (e.g. {path / 'memory.jsonl'}).")
         header = {"format": EXPORT_FORMAT, "exported": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=".export-", dir=path.parent if str(path.parent) else ".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".export-", dir=path.parent if str(path.parent) else ".")
+        except OSError as e:
+            raise _err(f"cannot export to {path}: {e.strerror} ({path.parent}); pick a writable path.") from None
         n = 0
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(header) + "\n")
                 for row in self.store.iter_entries(user):
+                    row = dict(row, **{k: getattr(self._entry(row), k) for k in ("hits", "last_access")})
                     out = {k: row[k] for k in ("user", "text", "source", "metadata", "created", "last_access",
                                                "hits", "surprise", "tier", "encoder")}
                     v = row["vector"]
@@ -722,9 +818,11 @@ class MemoryBank:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise _err(f"cannot export to {path}: {e.strerror}; pick a writable file path.") from None
             raise
         return n
 
@@ -822,13 +920,24 @@ class MemoryBank:
         if len(data) != width * dim:
             raise _err(f"{where}vector has {len(data) // width} dimensions but the encoder has {dim} "
                        f"(wrong-dimension import); nothing was imported.")
+        # What is stored must be searchable: finite, not all zeros (a zero vector matches
+        # nothing), and with a scale whose products stay inside float32.
         if vec["dtype"] == "float16":
             a = np.frombuffer(data, "<f2").astype(np.float32)
+            if not np.isfinite(a).all():
+                raise _err(f"{where}vector has a NaN or infinite value; nothing was imported.")
+            if not a.any():
+                raise _err(f"{where}vector is all zeros (it could never match); nothing was imported.")
             return {"vector": a}
         scale = vec.get("scale")
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise _err(f"{where}an int8 vector needs a finite scale >= 0; nothing was imported.")
-        return {"vector": np.frombuffer(data, np.int8).copy(), "scale": float(scale)}
+        if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+                or not 0 < scale <= MAX_SCALE):
+            raise _err(f"{where}an int8 vector needs a scale in (0, {MAX_SCALE:.4g}] but got {scale!r}; "
+                       f"nothing was imported.")
+        codes = np.frombuffer(data, np.int8).copy()
+        if not codes.any():
+            raise _err(f"{where}vector is all zeros (it could never match); nothing was imported.")
+        return {"vector": codes, "scale": float(scale)}
 
     # ------------------------------------------------------------------ facts
 
@@ -853,10 +962,16 @@ class MemoryBank:
             "encoder": getattr(enc, "name", None),
             "policy": self.policy_name + ("" if self.policy_name != "learned" or self.store.get_meta(_MODEL_KEY)
                                           else " (untrained: LRU)"),
-            "hits": int(st["hits"].sum()) if len(st["ids"]) else 0,
+            "hits": (int(st["hits"].sum()) if len(st["ids"]) else 0) + int(sum(t[0] for t in self._touch.values())),
         }
 
     def close(self) -> None:
+        """Write the pending access statistics and close the file (idempotent)."""
+        if self.store._db is not None:
+            try:
+                self.flush()
+            except ValueError:  # a read-only file keeps its old statistics
+                self._touch.clear()
         self.store.close()
 
     def __enter__(self) -> "MemoryBank":

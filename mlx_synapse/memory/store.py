@@ -205,7 +205,7 @@ class MemoryStore:
         self._db = db
         if not in_memory and self.get_meta(PENDING_SCRUB_KEY) is not None:
             self._pending = True
-            self._finish_scrub()
+            self.finish_scrub()
 
     # -- opening
 
@@ -412,17 +412,21 @@ class MemoryStore:
     # -- entries
 
     def add_many(
-        self, rows: Iterable[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None
+        self, rows: Iterable[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None,
+        touches: Sequence[Tuple[int, int, float]] = (),
     ) -> List[int]:
         """Store ``rows`` in one transaction and return their new ids, in order.
 
         Every row is validated first: one bad row raises ``ValueError`` (naming the
         row and the problem) and nothing is written. Ids are never reused.
-        ``meta`` (key -> JSON value) is written in the same transaction.
+        ``meta`` (key -> JSON value) and ``touches`` (``(id, uses, when)``: ``hits +=
+        uses``, ``last_access`` at least ``when``) are written in the same transaction.
         """
         rows = list(rows)
         values = [self._validate_row(r, f"row {i}: ") for i, r in enumerate(rows)]
         metas = self._meta_items(meta)
+        uses = [(_check_int(n, "uses", "touch: "), _check_real(t, "when", "touch: "), _check_int(i, "id", "touch: "))
+                for i, n, t in touches]
         sql = (
             f"INSERT INTO entries ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(_COLUMNS) - 1))})"
         )
@@ -430,9 +434,12 @@ class MemoryStore:
         def insert(db):
             ids = [db.execute(sql, v).lastrowid for v in values]
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", metas)
+            db.executemany(
+                "UPDATE entries SET hits = hits + ?, last_access = max(last_access, ?) WHERE id = ?", uses
+            )
             return ids
 
-        return self._write(insert) if values or metas else []
+        return self._write(insert) if values or metas or uses else []
 
     def add(self, row: Optional[Dict[str, Any]] = None, **fields) -> int:
         """Store one row (a dict or keyword fields); returns its id."""
@@ -831,8 +838,9 @@ class MemoryStore:
         """Whether deleted text may still be in the file's bytes (see :meth:`scrub`)."""
         return self._pending
 
-    def _finish_scrub(self) -> None:
-        """Best effort, without waiting: complete a pending scrub (at open, close, writes)."""
+    def finish_scrub(self) -> None:
+        """Best effort, without waiting: complete a pending scrub (at open and close; the
+        bank calls it before each operation)."""
         if self._pending:
             try:
                 self.scrub(wait=0)
@@ -854,7 +862,7 @@ class MemoryStore:
         into the database file and removes ``-wal`` and ``-shm``."""
         with self._lock:
             if self._db is not None:
-                self._finish_scrub()
+                self.finish_scrub()
                 self._db.close()
                 self._db = None
 

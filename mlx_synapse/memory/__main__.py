@@ -3,7 +3,9 @@
 Every command takes ``--db`` (default ``~/.local/share/mlx_synapse/memory.db``, or
 ``$MLX_SYNAPSE_MEMORY_DB``) and ``--user`` (default ``$MLX_SYNAPSE_USER``, else the
 login name). Texts may be given as ``-`` to read them from standard input. Errors
-go to standard error with exit status 2; nothing is written when a command fails.
+go to standard error as one line with exit status 2 (1 when the file system refused,
+or when ``forget`` deleted entries whose text another process's open read still keeps
+in the file's bytes); nothing is written when a command fails.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def _print_entries(hits, as_json: bool) -> None:
 def run(args) -> int:
     from .bank import MemoryBank, default_user
 
-    user = args.user or default_user()
+    # An empty --user is a mistake to report, not a request for the default user.
+    user = default_user() if args.user is None else args.user
     lazy = args.command in ("list", "forget", "stats", "export")
     encoder = None if lazy else _encoder(args.encoder, args.backend)
     surprise = None
@@ -182,13 +185,23 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import sqlite3
+
+    from .bank import ScrubPending
+
     args = _parser().parse_args(argv)
     try:
         return run(args)
+    except ScrubPending as e:  # done in the database, not yet in the file's bytes: not a success
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as e:  # the file system or SQLite refused; say which, in one line
+        print(f"error: [memory] {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

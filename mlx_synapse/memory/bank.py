@@ -553,6 +553,7 @@ class MemoryBank:
 
     def get(self, id: int, *, user: Optional[str] = None) -> Optional[Entry]:
         """Entry ``id`` (None if absent, or if it belongs to another user than ``user``)."""
+        self._sync()
         row = self.store.get(id)
         if row is None or (user is not None and row["user"] != _check_user(user)):
             return None
@@ -566,6 +567,7 @@ class MemoryBank:
             user = _check_user(user)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise _err(f"limit must be an int >= 0 (or None: no limit) but got {limit!r}.")
+        self._sync()
         if limit == 0:
             return []
         out = []
@@ -944,6 +946,7 @@ class MemoryBank:
     def stats(self) -> Dict[str, Any]:
         """Counts per user and tier, bytes against the budget, the encoder, the policy,
         and the file's size on disk."""
+        self._sync()
         st = self.store.stats()
         users: Dict[str, int] = {}
         for u in st["user"]:

@@ -61,7 +61,7 @@ def holders(path: str) -> List[str]:
         if hit:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+                    cmd = " ".join(f.read().replace(b"\0", b" ").decode("utf-8", "replace").split())
             except OSError:
                 cmd = "?"
             out.append(f"pid {pid} ({cmd[:120]})")

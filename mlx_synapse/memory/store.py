@@ -237,7 +237,8 @@ class MemoryStore:
     def _cannot_write(self, e: sqlite3.Error) -> ValueError:
         """The error for a file or directory that SQLite may not write (not a corruption)."""
         d = os.path.dirname(self.path)
-        if not os.access(self.path, os.W_OK):
+        eff = os.access in os.supports_effective_ids  # the uid that opens files, not the login one
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK, effective_ids=eff):
             return ValueError(
                 f"[memory.store] {self.path} is read-only ({e}); writing to memory needs write "
                 f"permission (chmod u+w), or use another --db path."

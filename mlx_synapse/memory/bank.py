@@ -12,8 +12,10 @@ one in-memory INT8 cosine index per user (:mod:`.index`), the surprise gate
 What gets written (``add``):
 
 1. The text is embedded. If an entry of the same user has cosine >= ``dedup``
-   (0.95) to it, that entry is *refreshed* (``hits + 1``, ``last_access = now``)
-   instead of a new one being added.
+   (0.95) to it and the same words (:func:`.lexical.statement_key`: case and
+   punctuation aside), that entry is *refreshed* (``hits + 1``, ``last_access =
+   now``) instead of a new one being added. Close vectors with different words
+   (another number, name, negation) are two facts and both are kept.
 2. Otherwise its surprise — given by the caller, or computed by the ``surprise``
    scorer (mean token NLL under the frozen LM, :class:`.SurpriseScorer`) — goes
    through the user's :class:`.SurpriseGate`: written only above the running
@@ -24,8 +26,11 @@ What gets written (``add``):
    retention score first (:func:`.policy.plan_degradation`), down to 90% of the
    budget so that eviction does not run on every add.
 
-Search scores every vector of the user with one INT8 matrix product, then
-re-scores the hot candidates with their float16 vectors. A search never sees
+Search scores every vector of the user with one INT8 matrix product; those cosines
+are the scores, and only the rows returned are read from the file. A search
+writes nothing: its hits are counted in memory (and shown by ``get``/``list``)
+and written with the next write transaction, or at :meth:`MemoryBank.close`
+(lost if the process dies first: they are statistics). A search never sees
 another user's entries: each user has an index of their own, and every hit is
 checked against the user before it is returned.
 
@@ -497,8 +502,9 @@ class MemoryBank:
     ) -> List[Tuple[Entry, float]]:
         """The ``k`` entries of ``user`` closest to ``query`` (a text, or a vector in the
         encoder's space) by cosine, best first, as ``(Entry, score)``; only scores >=
-        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``)
-        unless ``touch=False``. Cold entries (no vector) are not searched.
+        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``;
+        written with the next write or at close) unless ``touch=False``. Cold entries
+        (no vector) are not searched. The scores are the index's INT8 cosines.
 
         ``lexical=w > 0`` (text queries only) re-ranks a pool of at least 32 dense
         candidates by ``cosine + w * overlap`` (:func:`mlx_synapse.memory.lexical.overlap`:

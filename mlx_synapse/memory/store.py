@@ -10,8 +10,11 @@ Durability and privacy:
   survives a crash of the process (and of the machine, as far as the disk honours
   ``fsync``). Each call is one transaction: a batch is stored whole or not at all.
 * ``secure_delete=ON`` and ``temp_store=MEMORY``: deleted text is overwritten in
-  the database pages; :meth:`MemoryStore.checkpoint` then truncates the ``-wal``
-  file so that no older copy of a page remains there either.
+  the database pages; :meth:`MemoryStore.scrub` then checkpoints and truncates the
+  ``-wal`` file so that no older copy of a page remains there either. Another
+  process's open read can keep old pages in place: ``scrub`` waits a bounded time,
+  then names the holders and leaves a pending-scrub mark in ``meta`` that the next
+  open, close or ``scrub`` completes.
 * A new database file is created with mode 0600 (owner only); SQLite gives the
   ``-wal`` and ``-shm`` files the same mode. Existing files keep their mode.
 * Several processes may use one file at once; writers wait up to ``timeout``
@@ -138,16 +141,18 @@ def _is_permission(e: sqlite3.Error) -> bool:
 class MemoryStore:
     """Entries of the memory bank in one SQLite file (see the module docstring).
 
-    ``MemoryStore(path)`` opens or creates the database at ``path`` (parent
-    directories are created with mode 0700). ``timeout`` is how long, in seconds,
+    ``MemoryStore(path)`` opens or creates the database at ``path`` (missing parent
+    directories are created with mode 0700, every one of them). ``timeout`` is how long, in seconds,
     a call waits for another process's write to finish. ``max_text_bytes`` caps an
     entry's text (UTF-8 bytes). ``fullfsync=True`` makes each commit use macOS's
     ``F_FULLFSYNC`` (durable across power loss there, at several ms a commit;
     plain ``fsync`` elsewhere). ``":memory:"`` gives a private in-memory store.
 
     Raises ``ValueError`` (and leaves the file as it was) when ``path`` is not an
-    SQLite database, is corrupted, belongs to another application, or was written
-    by a newer mlx_synapse.
+    SQLite database, is corrupted, belongs to another application (any application_id
+    but ours, or a schema version or tables without it), or was written by a newer
+    mlx_synapse; and when the path, the file or its directory may not be written
+    (a read-only file opens for reading; a write then raises).
 
     Rows are dicts with the keys of :data:`_COLUMNS`. Writing, ``user`` and
     ``text`` are required; ``source`` (str), ``metadata`` (JSON: dict, list, str,

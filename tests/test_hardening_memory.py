@@ -261,3 +261,20 @@ def test_search_writes_nothing_and_reads_only_what_it_returns(tmp_path, monkeypa
         got = {r["id"]: r["hits"] for r in s.iter_entries()}
         assert sorted(i for i in ids if got[i]) == sorted(e.id for e, _ in hits)
         assert all(got[e.id] == 3 for e, _ in hits)
+
+
+def test_a_stored_huge_scale_does_not_break_the_user(tmp_path):
+    db = tmp_path / "m.db"
+    enc = BagOfWords()
+    with MemoryBank(db, enc, backend="numpy") as b:
+        b.add("green tea", user="u")
+    raw = sqlite3.connect(db)  # as an older version's import left it
+    codes, _ = np.ones(64, np.int8), None
+    raw.execute("INSERT INTO entries (user, text, created, last_access, tier, dim, vector, scale, encoder) "
+                "VALUES ('u', 'red pears', 0, 0, 'warm', 64, ?, 1e308, ?)", (codes.tobytes(), enc.name))
+    raw.commit()
+    raw.close()
+    with MemoryBank(db, enc, backend="numpy") as b:
+        b.add("black coffee", user="u")
+        assert b.search("black coffee", k=1, user="u")[0][0].text == "black coffee"
+        assert len(b.search("pears", k=5, user="u")) == 3

@@ -46,6 +46,7 @@ from .files import holders, make_private_dirs, permission_error
 from .int8 import quantize
 from .records import (  # noqa: F401  (TIERS is part of this module's API)
     MAX_DIM,
+    MAX_SCALE,
     TIERS,
     _err,
     _check_optional_str,
@@ -613,7 +614,10 @@ class MemoryStore:
         n, d = len(rows), dims[0]
         ids = np.fromiter((r[0] for r in rows), np.int64, n)
         is_hot = np.fromiter((r[3] is None for r in rows), bool, n)
-        scales = np.fromiter((0.0 if r[3] is None else r[3] for r in rows), np.float32, n)
+        # A scale past float32's range (written before import checked scales) would make the
+        # whole user's index unusable; cosines need only the codes, so clip it.
+        scales = np.fromiter((0.0 if r[3] is None else r[3] for r in rows), np.float64, n)
+        scales = np.minimum(scales, MAX_SCALE).astype(np.float32)
         codes = np.empty((n, d), np.int8)
         at = np.flatnonzero(~is_hot)
         if at.size:

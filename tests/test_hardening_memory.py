@@ -180,7 +180,13 @@ def _unprivileged():
 
 
 @pytest.fixture
-def shared_dir():
+def shared_dir(tmp_path, run):
+    # Import everything lazily imported first: the interpreter's own files may not be
+    # readable by the unprivileged uid.
+    db = str(tmp_path / "warm.db")
+    for argv in (["add", "x y"], ["search", "x"], ["list"], ["stats"], ["export", str(tmp_path / "w.jsonl")],
+                 ["import", str(tmp_path / "w.jsonl")], ["forget", "--all"]):
+        assert run(*argv, "--db", db, "--user", "u")[0] == 0
     d = tempfile.mkdtemp(prefix="msyn-perm-", dir="/tmp")
     if os.geteuid() == 0:
         os.chown(d, NOBODY, NOBODY)
@@ -278,3 +284,25 @@ def test_a_stored_huge_scale_does_not_break_the_user(tmp_path):
         b.add("black coffee", user="u")
         assert b.search("black coffee", k=1, user="u")[0][0].text == "black coffee"
         assert len(b.search("pears", k=5, user="u")) == 3
+
+
+def test_every_command_on_a_read_only_file_is_one_line_or_works(shared_dir, run):
+    with _unprivileged():
+        db = os.path.join(shared_dir, "m.db")
+        with MemoryBank(db, BagOfWords(), backend="numpy") as b:
+            b.add("green tea", user="u")
+        imp = os.path.join(shared_dir, "in.jsonl")
+        with open(imp, "w") as f:
+            f.write(json.dumps({"format": EXPORT_FORMAT}) + "\n" + json.dumps({"user": "u", "text": "plums"}) + "\n")
+        os.chmod(db, 0o400)
+        before = open(db, "rb").read()
+        for argv in (["add", "black coffee"], ["search", "green tea"], ["list"], ["forget", "--all"],
+                     ["forget", "1"], ["export", os.path.join(shared_dir, "out.jsonl")], ["import", imp],
+                     ["stats"]):
+            code, out, err = run(*argv, "--db", db, "--user", "u")
+            if argv[0] in ("search", "list", "export", "stats"):
+                assert code == 0 and err == "", (argv, err)
+            else:
+                assert code == 2 and "is read-only" in _one_line_error(err), (argv, err)
+        assert open(db, "rb").read() == before
+        os.chmod(db, 0o600)

@@ -18,10 +18,17 @@ from typing import List, Optional
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: [memory] {self.prog}: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .bank import default_db_path
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--db", default=None, help=f"memory database (default {default_db_path()})")
     common.add_argument("--user", default=None, help="whose memories (default: $MLX_SYNAPSE_USER or login name)")
     common.add_argument("--encoder", default="minilm",
@@ -36,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                              "until trained)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    p = argparse.ArgumentParser(prog="python -m mlx_synapse.memory", description="The memory bank from a shell: remember, find, list and forget "
+    p = _Parser(prog="python -m mlx_synapse.memory", description="The memory bank from a shell: remember, find, list and forget "
                                 "what a user told the model; move memories between files.",
                                 epilog=__doc__.split("\n\n", 1)[1].replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,10 +123,11 @@ def _print_entries(hits, as_json: bool) -> None:
 
 
 def run(args) -> int:
-    from .bank import MemoryBank, default_user
+    from .bank import MemoryBank, _check_user, default_user
 
-    # An empty --user is a mistake to report, not a request for the default user.
-    user = default_user() if args.user is None else args.user
+    # An empty --user is a mistake to report, not a request for the default user; it is
+    # checked before a model is loaded or a file is created.
+    user = _check_user(default_user() if args.user is None else args.user)
     lazy = args.command in ("list", "forget", "stats", "export")
     encoder = None if lazy else _encoder(args.encoder, args.backend)
     surprise = None

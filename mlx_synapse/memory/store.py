@@ -179,6 +179,9 @@ class MemoryStore:
         self.max_text_bytes = max_text_bytes
         self._lock = threading.RLock()
         self._db: Optional[sqlite3.Connection] = None
+        if isinstance(os.fspath(path), str) and "\0" in os.fspath(path):
+            raise ValueError(f"[memory.store] the path {os.fspath(path)!r} contains a NUL character; "
+                             f"give a file path without one.")
         self.path = str(path) if str(path) == ":memory:" else os.path.abspath(os.fspath(path))
         in_memory = self.path == ":memory:"
         self._timeout_ms = int(timeout * 1000)

@@ -25,6 +25,13 @@ def _err(msg: str) -> ValueError:
     return ValueError(f"[memory.bank] {msg}")
 
 
+def _path(path) -> Path:
+    p = os.fspath(path)
+    if isinstance(p, str) and "\0" in p:
+        raise _err(f"the path {p!r} contains a NUL character; give a file path without one.")
+    return Path(os.path.expanduser(p))
+
+
 def _check_user(user) -> str:
     from .bank import _check_user as check  # bank imports this module
 
@@ -43,7 +50,7 @@ def export(bank, path: Union[str, os.PathLike], *, user: Optional[str] = None) -
     Returns the count."""
     if user is not None:
         user = _check_user(user)
-    path = Path(os.path.expanduser(os.fspath(path)))
+    path = _path(path)
     if path.is_dir():
         raise _err(f"cannot export to {path}: it is a directory; give a file path (e.g. {path / 'memory.jsonl'}).")
     header = {"format": EXPORT_FORMAT, "exported": time.time()}
@@ -84,7 +91,7 @@ def import_(bank, path: Union[str, os.PathLike], *, user: Optional[str] = None) 
     raises ValueError naming it, and nothing is imported. Vectors are kept when the file's
     encoder is this bank's, else re-embedded from the texts; entries whose text the user
     already has are skipped. Returns how many entries were added."""
-    path = Path(os.path.expanduser(os.fspath(path)))
+    path = _path(path)
     if user is not None:
         user = _check_user(user)
     try:

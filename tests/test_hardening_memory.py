@@ -306,3 +306,21 @@ def test_every_command_on_a_read_only_file_is_one_line_or_works(shared_dir, run)
                 assert code == 2 and "is read-only" in _one_line_error(err), (argv, err)
         assert open(db, "rb").read() == before
         os.chmod(db, 0o600)
+
+
+def test_a_chat_turn_commits_once(tmp_path):
+    """search (with touch) + write, as a chat turn does: one write transaction, which also
+    carries the search's uses."""
+    db = tmp_path / "m.db"
+    with MemoryBank(db, BagOfWords(), backend="numpy") as b:
+        a = b.add("my sister ana lives in porto", user="u")
+        b.add("the cat is called miso", user="u")
+        statements = []
+        b.store._db.set_trace_callback(statements.append)
+        assert b.search("where does my sister live", k=1, user="u")[0][0].id == a
+        assert b.write("my sister has a dog called rex", user="u").action == "added"
+        b.store._db.set_trace_callback(None)
+        assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+        other = sqlite3.connect(db)  # another reader sees the use already
+        assert other.execute("SELECT hits FROM entries WHERE id = ?", (a,)).fetchone() == (1,)
+        other.close()

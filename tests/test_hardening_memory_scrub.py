@@ -131,3 +131,19 @@ def test_update_then_sigkill_leaves_no_old_text(tmp_path):
     assert p.returncode == -signal.SIGKILL, p.stderr
     raw = _file_bytes(db)  # read without opening it in SQLite (which would checkpoint)
     assert b"my passport number is 4410" in raw and SECRET.encode() not in raw
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_holders_names_the_reader(db_with_secret, monkeypatch, platform):
+    from mlx_synapse.memory import files
+
+    if platform != "linux" and files.shutil.which("lsof") is None:
+        pytest.skip("lsof is not installed")
+    monkeypatch.setattr(files.sys, "platform", platform)  # darwin: the lsof path, as on macOS
+    r = Reader(db_with_secret)
+    try:
+        got = files.holders(str(db_with_secret))
+    finally:
+        r.close()
+    assert any(g.startswith(f"pid {r.p.pid} (") for g in got), got
+    assert not any(g.startswith(f"pid {os.getpid()} ") for g in got)

@@ -4,6 +4,8 @@ one-line messages, and which other processes hold the database open (no SQL here
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from typing import List
 
@@ -45,9 +47,10 @@ def permission_error(path: str, e: OSError, doing: str) -> ValueError:
 
 def holders(path: str) -> List[str]:
     """Other processes that have ``path`` (or its ``-wal``/``-shm``) open, as
-    ``'pid 123 (command line)'``; read from ``/proc`` (Linux), empty elsewhere."""
+    ``'pid 123 (command line)'``; read from ``/proc`` on Linux, else asked of ``lsof``
+    (macOS, BSDs) where it is installed; empty when neither can tell."""
     if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
-        return []
+        return _holders_lsof(path)
     targets = {os.path.realpath(path + side) for side in ("", "-wal", "-shm")}
     me, out = os.getpid(), []
     for pid in os.listdir("/proc"):
@@ -66,3 +69,22 @@ def holders(path: str) -> List[str]:
                 cmd = "?"
             out.append(f"pid {pid} ({cmd[:120]})")
     return out
+
+
+def _holders_lsof(path: str) -> List[str]:
+    lsof = shutil.which("lsof")
+    files = [p for p in (path, path + "-wal", path + "-shm") if os.path.exists(p)]
+    if lsof is None or not files:
+        return []
+    try:  # -F pc: one "p<pid>" line per process, then "c<command>"
+        out = subprocess.run([lsof, "-w", "-F", "pc", "--", *files], capture_output=True, text=True,
+                             timeout=3).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found, pid = {}, None
+    for line in out.splitlines():
+        if line[:1] == "p":
+            pid = int(line[1:]) if line[1:].isdigit() else None
+        elif line[:1] == "c" and pid is not None and pid != os.getpid():
+            found[pid] = line[1:]
+    return [f"pid {p} ({c})" for p, c in found.items()]

@@ -1,7 +1,8 @@
 """Episodic memory: what the model remembers between conversations.
 
 * ``bank``: :class:`MemoryBank`, the API (add / search / forget / export / import / budget).
-* ``store``: the durable SQLite file; ``index``: the per-user INT8 cosine index;
+* ``store``: the durable SQLite file (``files``: its directories, permissions and
+  holders; ``transfer``: export/import); ``index``: the per-user INT8 cosine index;
   ``int8``: per-entry symmetric quantization of vectors.
 * ``encoders``: texts to unit-norm vectors (all-MiniLM-L6-v2, or the LM's hidden states).
 * ``surprise``: mean token NLL under the frozen LM, and the gate that decides what to write.
@@ -11,7 +12,7 @@ Importing this package loads neither MLX nor a model; encoders load theirs when 
 """
 
 from ..backends.numpy.bert import NumpyBert, load_numpy_bert
-from .bank import Entry, MemoryBank, WriteResult, default_db_path
+from .bank import Entry, MemoryBank, ScrubPending, WriteResult, default_db_path
 from .encoders import (
     MINILM_NAME,
     MINILM_PACKAGE,
@@ -41,6 +42,7 @@ __all__ = [
     "MiniLMEncoder",
     "NumpyBert",
     "RandomPolicy",
+    "ScrubPending",
     "SurpriseGate",
     "SurpriseScorer",
     "VectorIndex",

@@ -3,7 +3,9 @@
 Every command takes ``--db`` (default ``~/.local/share/mlx_synapse/memory.db``, or
 ``$MLX_SYNAPSE_MEMORY_DB``) and ``--user`` (default ``$MLX_SYNAPSE_USER``, else the
 login name). Texts may be given as ``-`` to read them from standard input. Errors
-go to standard error with exit status 2; nothing is written when a command fails.
+go to standard error as one line with exit status 2 (1 when the file system refused,
+or when ``forget`` deleted entries whose text another process's open read still keeps
+in the file's bytes); nothing is written when a command fails.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from typing import List, Optional
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one line (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: [memory] {self.prog}: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .bank import default_db_path
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--db", default=None, help=f"memory database (default {default_db_path()})")
     common.add_argument("--user", default=None, help="whose memories (default: $MLX_SYNAPSE_USER or login name)")
     common.add_argument("--encoder", default="minilm",
@@ -34,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                              "until trained)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    p = argparse.ArgumentParser(prog="python -m mlx_synapse.memory", description="The memory bank from a shell: remember, find, list and forget "
+    p = _Parser(prog="python -m mlx_synapse.memory", description="The memory bank from a shell: remember, find, list and forget "
                                 "what a user told the model; move memories between files.",
                                 epilog=__doc__.split("\n\n", 1)[1].replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,9 +123,11 @@ def _print_entries(hits, as_json: bool) -> None:
 
 
 def run(args) -> int:
-    from .bank import MemoryBank, default_user
+    from .bank import MemoryBank, _check_user, default_user
 
-    user = args.user or default_user()
+    # An empty --user is a mistake to report, not a request for the default user; it is
+    # checked before a model is loaded or a file is created.
+    user = _check_user(default_user() if args.user is None else args.user)
     lazy = args.command in ("list", "forget", "stats", "export")
     encoder = None if lazy else _encoder(args.encoder, args.backend)
     surprise = None
@@ -182,13 +193,23 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import sqlite3
+
+    from .bank import ScrubPending
+
     args = _parser().parse_args(argv)
     try:
         return run(args)
+    except ScrubPending as e:  # done in the database, not yet in the file's bytes: not a success
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as e:  # the file system or SQLite refused; say which, in one line
+        print(f"error: [memory] {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ one in-memory INT8 cosine index per user (:mod:`.index`), the surprise gate
 What gets written (``add``):
 
 1. The text is embedded. If an entry of the same user has cosine >= ``dedup``
-   (0.95) to it, that entry is *refreshed* (``hits + 1``, ``last_access = now``)
-   instead of a new one being added.
+   (0.95) to it and the same words (:func:`.lexical.statement_key`: case and
+   punctuation aside), that entry is *refreshed* (``hits + 1``, ``last_access =
+   now``) instead of a new one being added. Close vectors with different words
+   (another number, name, negation) are two facts and both are kept.
 2. Otherwise its surprise — given by the caller, or computed by the ``surprise``
    scorer (mean token NLL under the frozen LM, :class:`.SurpriseScorer`) — goes
    through the user's :class:`.SurpriseGate`: written only above the running
@@ -24,8 +26,11 @@ What gets written (``add``):
    retention score first (:func:`.policy.plan_degradation`), down to 90% of the
    budget so that eviction does not run on every add.
 
-Search scores every vector of the user with one INT8 matrix product, then
-re-scores the hot candidates with their float16 vectors. A search never sees
+Search scores every vector of the user with one INT8 matrix product; those cosines
+are the scores, and only the rows returned are read from the file. A search
+writes nothing: its hits are counted in memory (and shown by ``get``/``list``)
+and written with the next write transaction, or at :meth:`MemoryBank.close`
+(lost if the process dies first: they are statistics). A search never sees
 another user's entries: each user has an index of their own, and every hit is
 checked against the user before it is returned.
 
@@ -35,12 +40,9 @@ Other processes may write the same file: the bank notices their commits
 
 from __future__ import annotations
 
-import base64
 import getpass
-import json
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .index import VectorIndex
-from .lexical import overlap
+from .lexical import overlap, statement_key
 from .policy import (
     EntryStats,
     FIFOPolicy,
@@ -62,12 +64,13 @@ from .policy import (
     plan_degradation,
 )
 from .records import _check_str
+from . import transfer
 from .store import MAX_NAME_BYTES, MemoryStore
+from .transfer import EXPORT_FORMAT
 from .surprise import SurpriseGate
 
-__all__ = ["MemoryBank", "Entry", "WriteResult", "default_db_path", "default_user", "EXPORT_FORMAT"]
+__all__ = ["MemoryBank", "Entry", "WriteResult", "ScrubPending", "default_db_path", "default_user", "EXPORT_FORMAT"]
 
-EXPORT_FORMAT = "mlx_synapse.memory/1"
 POLICIES = ("learned", "lru", "fifo", "random")
 LOW_WATER = 0.9  # eviction brings the bank down to this fraction of its budget
 _GATE_KEY = "gate:"
@@ -131,6 +134,21 @@ class WriteResult:
     similarity: Optional[float] = None
 
 
+class ScrubPending(ValueError):
+    """The entries were deleted (or their text rewritten) in the database, but another
+    process's open read keeps the old text in the file's bytes for now.
+
+    ``count`` is how many entries were deleted, ``readers`` the processes holding the
+    file (``'pid N (command)'`` on Linux). A pending-scrub mark in the file makes the
+    next open, close or operation of a bank (or the last reader's own close) finish it.
+    A ValueError, so that callers that print ValueErrors as one line report it.
+    """
+
+    def __init__(self, msg: str, count: int, readers: List[str]):
+        super().__init__(msg)
+        self.count, self.readers = count, readers
+
+
 def _err(msg: str) -> ValueError:
     return ValueError(f"[memory.bank] {msg}")
 
@@ -142,8 +160,8 @@ def _check_user(user) -> str:
         raise _err(str(e).split("] ", 1)[-1] + " Pass user='<name>' (one bank holds many users).") from None
 
 
-def _encode_b64(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+def _as_f16(vecs) -> np.ndarray:
+    return np.stack(vecs).astype("<f2").astype(np.float32)
 
 
 class MemoryBank:
@@ -210,6 +228,9 @@ class MemoryBank:
         self.policy_name, self.backend, self.seed = policy, backend, seed
         self._indexes: Dict[str, VectorIndex] = {}
         self._bytes: Optional[int] = None
+        # Uses found by search, id -> [uses, last time], kept in memory and written with the next
+        # write transaction (or at close): a search is a read and must not cost a durable commit.
+        self._touch: Dict[int, List[float]] = {}
         self._dv = self.store.data_version()
 
     # ------------------------------------------------------------------ plumbing
@@ -242,6 +263,8 @@ class MemoryBank:
 
     def _sync(self) -> None:
         """Drop cached indexes when another connection has committed to the file."""
+        if self.store.scrub_pending:
+            self.store.finish_scrub()
         dv = self.store.data_version()
         if dv != self._dv:
             self._indexes.clear()
@@ -277,6 +300,34 @@ class MemoryBank:
             vecs = self._embed([r[1] for r in rows])
             self.store.set_vectors([(r[0], v, name) for r, v in zip(rows, vecs)])
             done += len(rows)
+
+    def _entry(self, row: Dict[str, Any]) -> Entry:
+        """The row as an Entry, with the uses of searches not yet written counted in."""
+        t = self._touch.get(row["id"])
+        if t is not None:
+            row = dict(row, hits=row["hits"] + int(t[0]), last_access=max(row["last_access"], t[1]))
+        return Entry._of(row)
+
+    def _take_touches(self) -> List[Tuple[int, int, float]]:
+        out = [(i, int(n), when) for i, (n, when) in self._touch.items()]
+        return out
+
+    def flush(self) -> None:
+        """Write the access statistics of searches (kept in memory until the next write)."""
+        if self._touch:
+            self.store.add_many([], touches=self._take_touches())
+            self._touch.clear()
+            self._dv = self.store.data_version()
+
+    def _scrubbed(self, what: str, count: int, wait: float = 2.0) -> None:
+        readers = self.store.scrub(wait)
+        if readers:
+            raise ScrubPending(
+                f"[memory.bank] {what}, but the old text is still in the bytes of {self.path} because "
+                f"{'; '.join(readers)} holds it open for reading. The scrub finishes when that reader "
+                f"closes (or at this bank's next use or close); close it and run the command again.",
+                count, readers,
+            )
 
     def _gate(self, user: str) -> SurpriseGate:
         return SurpriseGate.from_state(self.store.get_meta(_GATE_KEY + user), self.gamma, self.warmup)
@@ -353,20 +404,36 @@ class MemoryBank:
         name = self.encoder.name
         results: List[Optional[WriteResult]] = [None] * len(norm)
         rows, row_of, refresh = [], [], []  # row_of[j] = item index of rows[j]
-        # The nearest stored entry of every text, in one search (the index is unchanged until the
+        keys = [statement_key(it["text"]) for it in norm]
+        # The nearest stored entries of every text, in one search (the index is unchanged until the
         # batch is written); near-duplicates within the batch are checked against the rows kept so far.
-        near_ids, near_scores = idx.search(vecs, 1) if len(idx) else (None, None)
+        near_ids, near_scores = idx.search(vecs, min(len(idx), 4)) if len(idx) else (None, None)
+        # A near-duplicate is refreshed only when it says the same thing: same words, case and
+        # punctuation aside. "... is w0x1" and "... is w0x2" are close vectors but two facts.
+        near_key: Dict[int, tuple] = {}
+        if near_ids is not None and (near_scores >= self.dedup).any():
+            cand = sorted({int(i) for i in near_ids[near_scores >= self.dedup]})
+            near_key = {r["id"]: statement_key(r["text"]) for r in self.store.get_many(cand)}
+        batch_key: Dict[tuple, int] = {}  # statement key -> index into rows
         for i, (it, v) in enumerate(zip(norm, vecs)):
             best_id, best = None, -2.0
+            dup = None
             if near_ids is not None:
                 best_id, best = int(near_ids[i, 0]), float(near_scores[i, 0])
+                for nid, sc in zip(near_ids[i], near_scores[i]):
+                    if sc >= self.dedup and near_key.get(int(nid)) == keys[i]:
+                        dup = (int(nid), float(sc))
+                        break
             if rows:  # near-duplicates within this batch
                 sims = vecs[row_of] @ v
                 j = int(np.argmax(sims))
                 if sims[j] > best:
                     best_id, best = -1 - j, float(sims[j])
-            if best >= self.dedup:
-                refresh.append((i, best_id, best))
+                j = batch_key.get(keys[i])
+                if dup is None and j is not None and sims[j] >= self.dedup:
+                    dup = (-1 - j, float(sims[j]))
+            if dup is not None:
+                refresh.append((i, dup[0], dup[1]))
                 continue
             s = it.get("surprise")
             if s is not None:
@@ -377,30 +444,35 @@ class MemoryBank:
                 thr = d.threshold
             else:
                 thr = None
+            batch_key.setdefault(keys[i], len(rows))
             rows.append(dict(
                 user=user, text=it["text"], source=it.get("source"), metadata=it.get("metadata"),
                 created=now, last_access=now, surprise=s, tier="hot", vector=v, encoder=name,
-                redundancy=max(best, 0.0) if best > -2.0 else None,
+                redundancy=max(best, 0.0) if best > -2.0 else None, hits=0,
             ))
             row_of.append(i)
             results[i] = WriteResult(None, "added", s, thr, best if best > -2.0 else None)
+        touches = self._take_touches()
+        for i, target, sim in refresh:
+            if target < 0:  # a text of this batch: the new row starts with the use
+                rows[-1 - target]["hits"] += 1
+            else:
+                touches.append((target, 1, now))
         meta = {_GATE_KEY + user: gate.state()} if gate.count else None
-        new_ids = self.store.add_many(rows, meta=meta) if rows or meta else []
+        new_ids = self.store.add_many(rows, meta=meta, touches=touches) if rows or meta or touches else []
+        self._touch.clear()
         if rows:
-            idx.add_vectors(np.array(new_ids, np.int64), np.stack([r["vector"] for r in rows]))
+            # as stored ('hot': float16), so the cached index equals one loaded from the file
+            idx.add_vectors(np.array(new_ids, np.int64), _as_f16([r["vector"] for r in rows]))
             for j, (i, nid) in enumerate(zip(row_of, new_ids)):
                 results[i] = WriteResult(nid, "added", results[i].surprise, results[i].threshold,
                                          results[i].similarity)
             if self._bytes is not None:
                 self._bytes += int(sum(entry_bytes("hot", len(r["text"].encode("utf-8")), len(r["vector"]))
                                        for r in rows))
-        touched = []
         for i, target, sim in refresh:
             tid = new_ids[-1 - target] if target < 0 else target
-            touched.append(tid)
             results[i] = WriteResult(tid, "refreshed", norm[i].get("surprise"), None, sim)
-        if touched:
-            self.store.touch(touched, now=now)
         self._dv = self.store.data_version()
         if rows and self.policy_name == "learned" and self.retrain_every is not None:
             t0 = self.store.get_meta("snapshot_time")
@@ -424,8 +496,9 @@ class MemoryBank:
     ) -> List[Tuple[Entry, float]]:
         """The ``k`` entries of ``user`` closest to ``query`` (a text, or a vector in the
         encoder's space) by cosine, best first, as ``(Entry, score)``; only scores >=
-        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``)
-        unless ``touch=False``. Cold entries (no vector) are not searched.
+        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``;
+        written with the next write or at close) unless ``touch=False``. Cold entries
+        (no vector) are not searched. The scores are the index's INT8 cosines.
 
         ``lexical=w > 0`` (text queries only) re-ranks a pool of at least 32 dense
         candidates by ``cosine + w * overlap`` (:func:`mlx_synapse.memory.lexical.overlap`:
@@ -453,45 +526,54 @@ class MemoryBank:
         idx = self._index(user)
         if not len(idx):
             return []
-        pool = max(2 * k, k + 8, 32 if lexical else 0)
-        ids, _ = idx.search(q, min(len(idx), pool))
+        # The index's cosines are the scores; rows are read only for the entries returned
+        # (and, with lexical re-ranking, for the texts of the pool).
+        pool = max(2 * k, k + 8, 32) if lexical else k
+        ids, scores = idx.search(q, min(len(idx), pool), None if lexical else min_score)
+        rows = {r["id"]: r for r in self.store.get_many(ids)}
         hits = []
-        for row in self.store.get_many(ids):
-            if row["user"] != user or row["vector"] is None:
+        for i, score in zip(ids.tolist(), scores.tolist()):
+            row = rows.get(i)
+            if row is None or row["user"] != user or row["vector"] is None:
                 continue  # another process changed it meanwhile
-            v = row["vector"]
-            vf = v.astype(np.float32) * (row["scale"] if row["scale"] is not None else 1.0)
-            n = float(np.linalg.norm(vf))
-            score = float(vf @ q) / n if n > 0 else 0.0
-            hits.append((Entry._of(row), score))
+            hits.append((self._entry(row), float(score)))
         if lexical and hits:
             bonus = overlap(query, [e.text for e, _ in hits])
             hits = [(e, s + lexical * float(b)) for (e, s), b in zip(hits, bonus)]
-        hits.sort(key=lambda h: (-h[1], h[0].id))
-        if min_score is not None:
-            hits = [h for h in hits if h[1] >= min_score]
+            hits.sort(key=lambda h: (-h[1], h[0].id))
+            if min_score is not None:
+                hits = [h for h in hits if h[1] >= min_score]
         hits = hits[:k]
-        if touch and hits:
-            self.store.touch([e.id for e, _ in hits])
-            self._dv = self.store.data_version()
+        if touch:
+            when = time.time()
+            for e, _ in hits:
+                t = self._touch.setdefault(e.id, [0, when])
+                t[0], t[1] = t[0] + 1, max(t[1], when)
         return hits
 
     def get(self, id: int, *, user: Optional[str] = None) -> Optional[Entry]:
         """Entry ``id`` (None if absent, or if it belongs to another user than ``user``)."""
+        self._sync()
         row = self.store.get(id)
         if row is None or (user is not None and row["user"] != _check_user(user)):
             return None
-        return Entry._of(row)
+        return self._entry(row)
 
     def list(self, *, user: Optional[str] = None, tier: Optional[str] = None,
              limit: Optional[int] = None) -> List[Entry]:
-        """Entries (of ``user``, or all), oldest first; only those in ``tier`` if given."""
+        """Entries (of ``user``, or all), oldest first; only those in ``tier`` if given, at
+        most ``limit`` (an int >= 0) when given."""
         if user is not None:
             user = _check_user(user)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise _err(f"limit must be an int >= 0 (or None: no limit) but got {limit!r}.")
+        self._sync()
+        if limit == 0:
+            return []
         out = []
         for row in self.store.iter_entries(user):
             if tier is None or row["tier"] == tier:
-                out.append(Entry._of(row))
+                out.append(self._entry(row))
                 if limit is not None and len(out) >= limit:
                     break
         return out
@@ -515,11 +597,15 @@ class MemoryBank:
                 vec = self._embed([text])[0]
                 fields.update(vector=vec, encoder=self.encoder.name)
         self._sync()
+        self.flush()
         self.store.update(id, **fields)
         if vec is not None and cur.user in self._indexes:
-            self._indexes[cur.user].add_vectors(np.array([id], np.int64), vec[None])
+            self._indexes[cur.user].add_vectors(np.array([id], np.int64), _as_f16([vec]))
         self._bytes = None
         self._dv = self.store.data_version()
+        if "text" in fields:  # a correction: the old text must leave the file's bytes too
+            self._recent.clear()
+            self._scrubbed(f"entry {id} was updated", 0)
         return self.get(id)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ forgetting
@@ -536,13 +622,17 @@ class MemoryBank:
           (``created`` earlier / later than a time in seconds since the epoch).
 
         Deleted text is overwritten in the file (secure_delete) and the write-ahead log
-        is checkpointed and truncated, so it is not left in the file's bytes.
+        is checkpointed and truncated, so it is not left in the file's bytes. When another
+        process holds a read open on the file, that cannot finish at once: after waiting up
+        to 2 s, :class:`ScrubPending` (a ValueError naming the reader) is raised, and the
+        scrub completes as soon as it can (see :meth:`MemoryStore.scrub`).
         """
         if id is None and user is None:
             raise _err("forget needs an id, a list of ids, or user=... (with an optional where=...).")
         if user is not None:
             user = _check_user(user)
         self._sync()
+        self.flush()
         if id is not None:
             if where is not None:
                 raise _err("give either ids or where=..., not both.")
@@ -556,13 +646,13 @@ class MemoryBank:
                 self.store.delete_meta(key)
         else:
             match = self._matcher(where)
-            ids = [row["id"] for row in self.store.iter_entries(user) if match(Entry._of(row))]
+            ids = [row["id"] for row in self.store.iter_entries(user) if match(self._entry(row))]
             n = self.store.delete(ids)
         self._indexes.clear()
         self._recent.clear()
         self._bytes = None
-        self.store.checkpoint()
         self._dv = self.store.data_version()
+        self._scrubbed(f"{n} entr{'y was' if n == 1 else 'ies were'} deleted", n)
         return n
 
     @staticmethod
@@ -635,6 +725,7 @@ class MemoryBank:
             raise _err(f"budget_bytes must be an int >= 0 but got {budget_bytes!r}.")
         now = time.time() if now is None else float(now)
         self._sync()
+        self.flush()
         st = self.store.stats()
         total = self._total_bytes(st)
         if budget_bytes is None:
@@ -650,7 +741,7 @@ class MemoryBank:
         self.store.apply_moves(moves)
         self._indexes.clear()
         self._bytes = None
-        self.store.checkpoint()
+        self.store.scrub(wait=0)  # evicted text leaves the bytes now, or at the next chance
         self._dv = self.store.data_version()
         return moves
 
@@ -666,6 +757,7 @@ class MemoryBank:
         ``examples``, ``positives``, ``reason``).
         """
         now = time.time() if now is None else float(now)
+        self.flush()
         t0 = self.store.get_meta("snapshot_time")
         report: Dict[str, Any] = {"trained": False, "examples": 0, "positives": 0}
         if t0 is None:
@@ -698,143 +790,24 @@ class MemoryBank:
         """Write the entries (of ``user``, or all) to a JSON Lines file (mode 0600,
         replaced atomically): a header line ``{"format", "exported"}`` and one line per
         entry with its encoder's name and vector (base64 float16, or int8 + scale).
-        Returns the count."""
-        if user is not None:
-            user = _check_user(user)
-        path = Path(os.path.expanduser(os.fspath(path)))
-        header = {"format": EXPORT_FORMAT, "exported": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=".export-", dir=path.parent if str(path.parent) else ".")
-        n = 0
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(header) + "\n")
-                for row in self.store.iter_entries(user):
-                    out = {k: row[k] for k in ("user", "text", "source", "metadata", "created", "last_access",
-                                               "hits", "surprise", "tier", "encoder")}
-                    v = row["vector"]
-                    if v is not None:
-                        out["vector"] = ({"dtype": "float16", "data": _encode_b64(v.astype("<f2"))}
-                                         if row["scale"] is None else
-                                         {"dtype": "int8", "scale": row["scale"], "data": _encode_b64(v)})
-                    f.write(json.dumps(out, ensure_ascii=False, allow_nan=False) + "\n")
-                    n += 1
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return n
+        Returns the count. See :mod:`.transfer`."""
+        return transfer.export(self, path, user=user)
 
     def import_(self, path: Union[str, os.PathLike], *, user: Optional[str] = None) -> int:
         """Add the entries of an :meth:`export` file (to ``user`` if given, else each to its
         own). The whole file is checked first and written in one transaction: a bad line
         raises ValueError naming it, and nothing is imported. Vectors are kept when the file's
-        encoder is this bank's, else re-embedded from the texts; entries whose text the user
-        already has are skipped. Returns how many entries were added."""
-        path = Path(os.path.expanduser(os.fspath(path)))
-        if user is not None:
-            user = _check_user(user)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise _err(f"cannot read {path}: {e.strerror}.") from None
-        try:
-            lines = raw.decode("utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise _err(f"{path} is not UTF-8 text (bad byte at offset {e.start}); is it an export file?") from None
-        if not lines:
-            raise _err(f"{path} is empty; an export file starts with a header line.")
-        try:
-            header = json.loads(lines[0])
-        except json.JSONDecodeError:
-            header = None
-        if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
-            raise _err(f"{path} line 1 is not an mlx_synapse memory export header "
-                       f'({{"format": "{EXPORT_FORMAT}", ...}}).')
-        enc = self.encoder
-        rows = []
-        for ln, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
-            where = f"{path} line {ln}: "
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise _err(f"{where}not JSON ({e.msg}); nothing was imported.") from None
-            if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-                raise _err(f"{where}an entry needs a 'text' string; nothing was imported.")
-            self._check_text(d["text"], where)
-            row = {k: d.get(k) for k in ("source", "metadata", "created", "last_access", "hits", "surprise")}
-            row = {k: v for k, v in row.items() if v is not None}
-            row["user"] = user if user is not None else _check_user(d.get("user"))
-            row["text"] = d["text"]
-            tier = d.get("tier", "warm")
-            if tier not in ("hot", "warm", "cold"):
-                raise _err(f"{where}tier must be hot, warm or cold but got {tier!r}; nothing was imported.")
-            row["tier"] = tier
-            vec = d.get("vector")
-            # Vectors of this bank's encoder are kept; any other encoder's are re-embedded.
-            if vec is not None and d.get("encoder") == enc.name and tier != "cold":
-                row.update(self._decode_import_vector(vec, enc.dim, where))
-                row["encoder"] = enc.name
-            elif tier != "cold":
-                row["_embed"] = True
-            rows.append(row)
-        # Skip texts the user already has (makes re-importing the same file harmless).
-        have: Dict[str, set] = {}
-        fresh = []
-        for r in rows:
-            if r["user"] not in have:
-                have[r["user"]] = {e["text"] for e in self.store.iter_entries(r["user"])}
-            if r["text"] not in have[r["user"]]:
-                have[r["user"]].add(r["text"])
-                fresh.append(r)
-        todo = [i for i, r in enumerate(fresh) if r.pop("_embed", False)]
-        for at in range(0, len(todo), 256):
-            part = todo[at : at + 256]
-            vecs = self._embed([fresh[i]["text"] for i in part])
-            for i, v in zip(part, vecs):
-                fresh[i].update(vector=v, encoder=enc.name)
-        try:
-            ids = self.store.add_many(fresh)
-        except ValueError as e:
-            raise _err(f"{path}: {str(e).split('] ', 1)[-1]} Nothing was imported.") from None
-        self._indexes.clear()
-        self._bytes = None
-        self._dv = self.store.data_version()
-        if self.budget_bytes is not None and ids:
-            self._maybe_enforce(time.time())
-        return len(ids)
-
-    @staticmethod
-    def _decode_import_vector(vec, dim: int, where: str) -> Dict[str, Any]:
-        if not isinstance(vec, dict) or vec.get("dtype") not in ("float16", "int8"):
-            raise _err(f"{where}vector must be {{'dtype': 'float16'|'int8', 'data': base64, ...}}.")
-        try:
-            data = base64.b64decode(vec.get("data", ""), validate=True)
-        except (ValueError, TypeError):
-            raise _err(f"{where}vector data is not base64; nothing was imported.") from None
-        width = 2 if vec["dtype"] == "float16" else 1
-        if len(data) != width * dim:
-            raise _err(f"{where}vector has {len(data) // width} dimensions but the encoder has {dim} "
-                       f"(wrong-dimension import); nothing was imported.")
-        if vec["dtype"] == "float16":
-            a = np.frombuffer(data, "<f2").astype(np.float32)
-            return {"vector": a}
-        scale = vec.get("scale")
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise _err(f"{where}an int8 vector needs a finite scale >= 0; nothing was imported.")
-        return {"vector": np.frombuffer(data, np.int8).copy(), "scale": float(scale)}
+        encoder is this bank's (finite, not all zeros, scales within float32), else
+        re-embedded from the texts; entries whose text the user already has are skipped.
+        Returns how many entries were added. See :mod:`.transfer`."""
+        return transfer.import_(self, path, user=user)
 
     # ------------------------------------------------------------------ facts
 
     def stats(self) -> Dict[str, Any]:
         """Counts per user and tier, bytes against the budget, the encoder, the policy,
         and the file's size on disk."""
+        self._sync()
         st = self.store.stats()
         users: Dict[str, int] = {}
         for u in st["user"]:
@@ -853,10 +826,16 @@ class MemoryBank:
             "encoder": getattr(enc, "name", None),
             "policy": self.policy_name + ("" if self.policy_name != "learned" or self.store.get_meta(_MODEL_KEY)
                                           else " (untrained: LRU)"),
-            "hits": int(st["hits"].sum()) if len(st["ids"]) else 0,
+            "hits": (int(st["hits"].sum()) if len(st["ids"]) else 0) + int(sum(t[0] for t in self._touch.values())),
         }
 
     def close(self) -> None:
+        """Write the pending access statistics and close the file (idempotent)."""
+        if self.store._db is not None:
+            try:
+                self.flush()
+            except ValueError:  # a read-only file keeps its old statistics
+                self._touch.clear()
         self.store.close()
 
     def __enter__(self) -> "MemoryBank":

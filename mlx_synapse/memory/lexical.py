@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import FrozenSet, Sequence
+from typing import FrozenSet, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["terms", "overlap", "STOPWORDS"]
+__all__ = ["terms", "overlap", "statement_key", "STOPWORDS"]
 
 STOPWORDS: FrozenSet[str] = frozenset(
     "a an the is are was were am be been being do does did doing have has had i me my mine myself we us our ours "
@@ -43,6 +43,16 @@ def _stem(w: str) -> str:
     if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
         w = w[:-1]
     return w
+
+
+_TOKEN = re.compile(r"\w+")
+
+
+def statement_key(text: str) -> Tuple[str, ...]:
+    """The words of ``text`` in order, case-folded, without punctuation or spacing: two
+    texts with the same key say the same thing (the bank merges only such near-duplicates;
+    a different number, name or negation keeps a text apart, however close its vector)."""
+    return tuple(_TOKEN.findall(text.casefold()))
 
 
 def terms(text: str) -> FrozenSet[str]:

@@ -18,6 +18,7 @@ from .int8 import dequantize, quantize
 
 TIERS = ("hot", "warm", "cold")
 MAX_DIM = 1 << 16
+MAX_SCALE = float(np.finfo(np.float32).max) / 127  # an int8 row's largest usable scale
 
 
 def _err(where: str, msg: str) -> ValueError:
@@ -133,6 +134,9 @@ def _encode_vector(
         if scale is None:
             raise _err(where, "an int8 vector needs its scale (see mlx_synapse.memory.int8.quantize).")
         s = _check_real(scale, "scale", where, nonneg=True)
+        if s > MAX_SCALE:  # codes * scale would overflow float32 in the index
+            raise _err(where, f"scale {s!r} is over {MAX_SCALE:.4g} (float32's max / 127); "
+                              f"re-quantize the vector (mlx_synapse.memory.int8.quantize).")
         if tier == "hot":
             f = dequantize(a[None, :], np.float32(s))[0]
             return _to_f16(f, where), None, a.shape[0]

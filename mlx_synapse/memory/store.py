@@ -10,8 +10,11 @@ Durability and privacy:
   survives a crash of the process (and of the machine, as far as the disk honours
   ``fsync``). Each call is one transaction: a batch is stored whole or not at all.
 * ``secure_delete=ON`` and ``temp_store=MEMORY``: deleted text is overwritten in
-  the database pages; :meth:`MemoryStore.checkpoint` then truncates the ``-wal``
-  file so that no older copy of a page remains there either.
+  the database pages; :meth:`MemoryStore.scrub` then checkpoints and truncates the
+  ``-wal`` file so that no older copy of a page remains there either. Another
+  process's open read can keep old pages in place: ``scrub`` waits a bounded time,
+  then names the holders and leaves a pending-scrub mark in ``meta`` that the next
+  open, close or ``scrub`` completes.
 * A new database file is created with mode 0600 (owner only); SQLite gives the
   ``-wal`` and ``-shm`` files the same mode. Existing files keep their mode.
 * Several processes may use one file at once; writers wait up to ``timeout``
@@ -39,9 +42,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from .files import holders, make_private_dirs, permission_error
 from .int8 import quantize
 from .records import (  # noqa: F401  (TIERS is part of this module's API)
     MAX_DIM,
+    MAX_SCALE,
     TIERS,
     _err,
     _check_optional_str,
@@ -63,6 +68,9 @@ DEFAULT_TIER = "warm"
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 64 * 1024
 MAX_NAME_BYTES = 1024  # user, encoder
+# Meta keys carry a user name behind a short prefix ("gate:<user>"), so they may be longer.
+MAX_META_KEY_BYTES = MAX_NAME_BYTES + 64
+PENDING_SCRUB_KEY = "pending_scrub"  # set while deleted text may remain in the file's bytes
 MAX_SOURCE_BYTES = 4096
 APPLICATION_ID = 0x4D53594E  # "MSYN" in the SQLite header: marks our files
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -125,22 +133,27 @@ def _current_version() -> int:
     return len(_MIGRATIONS)
 
 
-# ----------------------------------------------------------------------------- validation
+def _is_permission(e: sqlite3.Error) -> bool:
+    """SQLITE_READONLY / SQLITE_CANTOPEN: the file or its directory may not be written."""
+    m = str(e)
+    return "readonly" in m or "unable to open" in m or "read-only" in m
 
 
 class MemoryStore:
     """Entries of the memory bank in one SQLite file (see the module docstring).
 
-    ``MemoryStore(path)`` opens or creates the database at ``path`` (parent
-    directories are created with mode 0700). ``timeout`` is how long, in seconds,
+    ``MemoryStore(path)`` opens or creates the database at ``path`` (missing parent
+    directories are created with mode 0700, every one of them). ``timeout`` is how long, in seconds,
     a call waits for another process's write to finish. ``max_text_bytes`` caps an
     entry's text (UTF-8 bytes). ``fullfsync=True`` makes each commit use macOS's
     ``F_FULLFSYNC`` (durable across power loss there, at several ms a commit;
     plain ``fsync`` elsewhere). ``":memory:"`` gives a private in-memory store.
 
     Raises ``ValueError`` (and leaves the file as it was) when ``path`` is not an
-    SQLite database, is corrupted, belongs to another application, or was written
-    by a newer mlx_synapse.
+    SQLite database, is corrupted, belongs to another application (any application_id
+    but ours, or a schema version or tables without it), or was written by a newer
+    mlx_synapse; and when the path, the file or its directory may not be written
+    (a read-only file opens for reading; a write then raises).
 
     Rows are dicts with the keys of :data:`_COLUMNS`. Writing, ``user`` and
     ``text`` are required; ``source`` (str), ``metadata`` (JSON: dict, list, str,
@@ -166,11 +179,19 @@ class MemoryStore:
         self.max_text_bytes = max_text_bytes
         self._lock = threading.RLock()
         self._db: Optional[sqlite3.Connection] = None
+        if isinstance(os.fspath(path), str) and "\0" in os.fspath(path):
+            raise ValueError(f"[memory.store] the path {os.fspath(path)!r} contains a NUL character; "
+                             f"give a file path without one.")
         self.path = str(path) if str(path) == ":memory:" else os.path.abspath(os.fspath(path))
         in_memory = self.path == ":memory:"
+        self._timeout_ms = int(timeout * 1000)
+        self._pending = False  # deleted text may remain in the file's bytes (see scrub)
         if not in_memory:
             self._prepare_file()
-        db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as e:
+            raise self._cannot_write(e) from None
         try:
             self._check_readable(db)
             db.execute("PRAGMA synchronous = FULL")
@@ -182,30 +203,60 @@ class MemoryStore:
             if not in_memory:
                 self._enable_wal(db, timeout)
             self._migrate(db)
+        except sqlite3.OperationalError as e:
+            db.close()
+            if _is_permission(e):
+                raise self._cannot_write(e) from None
+            raise
         except BaseException:
             db.close()
             raise
         self._db = db
+        if not in_memory and self.get_meta(PENDING_SCRUB_KEY) is not None:
+            self._pending = True
+            self.finish_scrub()
 
     # -- opening
 
     def _prepare_file(self) -> None:
-        parent = os.path.dirname(self.path)
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+        make_private_dirs(os.path.dirname(self.path))
         try:  # create it owner-only; SQLite gives -wal/-shm the same mode
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             pass
+        except OSError as e:
+            raise permission_error(self.path, e, "create the memory database") from None
         if not os.path.isfile(self.path):
-            raise ValueError(f"[memory.store] {self.path} is not a regular file.")
-        with open(self.path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
+            raise ValueError(
+                f"[memory.store] {self.path} is not a regular file (a directory?); give the path of "
+                f"a database file."
+            )
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError as e:
+            raise permission_error(self.path, e, "read the memory database") from None
         # SQLite would take a short non-database file for an empty database and overwrite it.
         if head and head != _SQLITE_MAGIC:
             raise ValueError(
                 f"[memory.store] {self.path} is not an SQLite database (its first bytes are "
                 f"{head[:16]!r}); refusing to open or overwrite it. Move it aside or pick another path."
             )
+
+    def _cannot_write(self, e: sqlite3.Error) -> ValueError:
+        """The error for a file or directory that SQLite may not write (not a corruption)."""
+        d = os.path.dirname(self.path)
+        eff = os.access in os.supports_effective_ids  # the uid that opens files, not the login one
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK, effective_ids=eff):
+            return ValueError(
+                f"[memory.store] {self.path} is read-only ({e}); writing to memory needs write "
+                f"permission (chmod u+w), or use another --db path."
+            )
+        return ValueError(
+            f"[memory.store] cannot use {self.path}: its directory {d} is not writable ({e}), and "
+            f"SQLite keeps {os.path.basename(self.path)}-wal and -shm beside the file. Make the "
+            f"directory writable, or copy the file to one that is."
+        )
 
     def _check_readable(self, db: sqlite3.Connection) -> None:
         """Read-only checks: the file is an SQLite database of ours, at a schema we know."""
@@ -216,6 +267,8 @@ class MemoryStore:
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                 raise
+            if self.path != ":memory:" and _is_permission(e):
+                raise self._cannot_write(e) from None
             raise ValueError(
                 f"[memory.store] {self.path} is not a readable SQLite database ({e}); it may be "
                 f"corrupted. It was left untouched: restore it from a backup or move it aside."
@@ -224,6 +277,14 @@ class MemoryStore:
             raise ValueError(
                 f"[memory.store] {self.path} is an SQLite database of another application "
                 f"(application_id {app:#x}), not an mlx_synapse memory store; it was left untouched."
+            )
+        # A file of ours has our application_id from its first migration on; any other file
+        # with a schema version or tables is someone else's and must not be written.
+        if app != APPLICATION_ID and (version or n_tables):
+            raise ValueError(
+                f"[memory.store] {self.path} is an SQLite database without the memory-store mark "
+                f"(application_id {app:#x}, user_version {version}, {n_tables} schema objects): not an "
+                f"mlx_synapse memory store. It was left untouched; pick another path."
             )
         if version == 0 and n_tables:
             raise ValueError(
@@ -306,6 +367,8 @@ class MemoryStore:
                 # sqlite3 raises the bare DatabaseError for SQLITE_CORRUPT and SQLITE_NOTADB
                 if type(e) is sqlite3.DatabaseError:
                     raise self._corrupt(e) from e
+                if _is_permission(e):
+                    raise self._cannot_write(e) from None
                 raise
             return out
 
@@ -359,17 +422,21 @@ class MemoryStore:
     # -- entries
 
     def add_many(
-        self, rows: Iterable[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None
+        self, rows: Iterable[Dict[str, Any]], *, meta: Optional[Dict[str, Any]] = None,
+        touches: Sequence[Tuple[int, int, float]] = (),
     ) -> List[int]:
         """Store ``rows`` in one transaction and return their new ids, in order.
 
         Every row is validated first: one bad row raises ``ValueError`` (naming the
         row and the problem) and nothing is written. Ids are never reused.
-        ``meta`` (key -> JSON value) is written in the same transaction.
+        ``meta`` (key -> JSON value) and ``touches`` (``(id, uses, when)``: ``hits +=
+        uses``, ``last_access`` at least ``when``) are written in the same transaction.
         """
         rows = list(rows)
         values = [self._validate_row(r, f"row {i}: ") for i, r in enumerate(rows)]
         metas = self._meta_items(meta)
+        uses = [(_check_int(n, "uses", "touch: "), _check_real(t, "when", "touch: "), _check_int(i, "id", "touch: "))
+                for i, n, t in touches]
         sql = (
             f"INSERT INTO entries ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(_COLUMNS) - 1))})"
         )
@@ -377,9 +444,12 @@ class MemoryStore:
         def insert(db):
             ids = [db.execute(sql, v).lastrowid for v in values]
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", metas)
+            db.executemany(
+                "UPDATE entries SET hits = hits + ?, last_access = max(last_access, ?) WHERE id = ?", uses
+            )
             return ids
 
-        return self._write(insert) if values or metas else []
+        return self._write(insert) if values or metas or uses else []
 
     def add(self, row: Optional[Dict[str, Any]] = None, **fields) -> int:
         """Store one row (a dict or keyword fields); returns its id."""
@@ -547,7 +617,10 @@ class MemoryStore:
         n, d = len(rows), dims[0]
         ids = np.fromiter((r[0] for r in rows), np.int64, n)
         is_hot = np.fromiter((r[3] is None for r in rows), bool, n)
-        scales = np.fromiter((0.0 if r[3] is None else r[3] for r in rows), np.float32, n)
+        # A scale past float32's range (written before import checked scales) would make the
+        # whole user's index unusable; cosines need only the codes, so clip it.
+        scales = np.fromiter((0.0 if r[3] is None else r[3] for r in rows), np.float64, n)
+        scales = np.minimum(scales, MAX_SCALE).astype(np.float32)
         codes = np.empty((n, d), np.int8)
         at = np.flatnonzero(~is_hot)
         if at.size:
@@ -700,7 +773,7 @@ class MemoryStore:
             raise ValueError(f"[memory.store] meta must be a dict but got {type(meta).__name__}.")
         out = []
         for k, v in meta.items():
-            _check_str(k, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+            _check_str(k, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
             out.append((k, _to_json(v, f"meta value of {k!r}", "", MAX_METADATA_BYTES)))
         return out
 
@@ -711,19 +784,19 @@ class MemoryStore:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key``, or ``default``."""
-        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        _check_str(key, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else default
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value (dict, list, str, number, bool, None) under ``key``."""
-        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        _check_str(key, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
         s = _to_json(value, f"meta value of {key!r}", "", MAX_METADATA_BYTES)
         self._write(lambda db: db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, s)))
 
     def delete_meta(self, key: str) -> bool:
         """Remove ``key`` from meta; returns whether it was there."""
-        _check_str(key, "meta key", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        _check_str(key, "meta key", "", max_bytes=MAX_META_KEY_BYTES, nonblank=True)
         return self._write(lambda db: db.execute("DELETE FROM meta WHERE key = ?", (key,)).rowcount) > 0
 
     # -- maintenance
@@ -733,12 +806,59 @@ class MemoryStore:
         (``PRAGMA data_version``): cheap to poll to notice other processes' writes."""
         return self._read("PRAGMA data_version")[0][0]
 
-    def checkpoint(self) -> bool:
+    def checkpoint(self, wait: Optional[float] = None) -> bool:
         """Copy the WAL into the database file and truncate the ``-wal`` file to zero
-        bytes, so deleted text is gone from it too. Returns False when another
-        connection's open read kept the checkpoint from completing (try again later)."""
-        busy, _log, _done = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
-        return busy == 0
+        bytes, so deleted text is gone from it too. Waits up to ``wait`` seconds (default:
+        the store's ``timeout``) for other connections' reads. Returns False when an open
+        read kept the checkpoint from completing (try again later)."""
+        with self._lock:
+            db = self._conn
+            if wait is not None:
+                db.execute(f"PRAGMA busy_timeout = {max(0, int(wait * 1000)):d}")
+            try:
+                busy, _log, _done = self._read("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+            finally:
+                if wait is not None:
+                    db.execute(f"PRAGMA busy_timeout = {self._timeout_ms:d}")
+            return busy == 0
+
+    def scrub(self, wait: float = 2.0) -> List[str]:
+        """Make deleted and overwritten text leave the file's bytes (database, ``-wal``).
+
+        Checkpoints and truncates the WAL, waiting up to ``wait`` seconds for other
+        connections' open reads (a reader's snapshot keeps old pages in place). Returns
+        ``[]`` when the bytes are gone. Otherwise returns the processes holding the file
+        open (``'pid N (command)'`` on Linux) and leaves a pending-scrub mark in the file,
+        which the next :meth:`scrub`, open or close of a store (or the last reader's own
+        close, where SQLite checkpoints) completes.
+        """
+        if self.path == ":memory:":
+            return []
+        with self._lock:
+            if self.checkpoint(wait):
+                if self._pending:
+                    self.delete_meta(PENDING_SCRUB_KEY)
+                    self.checkpoint(0)  # the mark's own frame; it holds no deleted text
+                    self._pending = False
+                return []
+            if not self._pending:
+                self.set_meta(PENDING_SCRUB_KEY, time.time())
+                self._pending = True
+            return holders(self.path) or ["another connection (its process could not be named)"]
+
+    @property
+    def scrub_pending(self) -> bool:
+        """Whether deleted text may still be in the file's bytes (see :meth:`scrub`)."""
+        return self._pending
+
+    def finish_scrub(self) -> None:
+        """Best effort, without waiting: complete a pending scrub (at open and close; the
+        bank calls it before each operation)."""
+        if self._pending:
+            try:
+                self.scrub(wait=0)
+            except (ValueError, sqlite3.Error):  # read-only file, or busy: the next try completes it
+                pass
 
     def vacuum(self) -> bool:
         """Rebuild the database file compactly (dropping free pages), then :meth:`checkpoint`."""
@@ -755,6 +875,7 @@ class MemoryStore:
         into the database file and removes ``-wal`` and ``-shm``."""
         with self._lock:
             if self._db is not None:
+                self.finish_scrub()
                 self._db.close()
                 self._db = None
 

@@ -26,11 +26,11 @@ def mlx_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    """Pick the backend: ``auto`` is the one measured fastest on this machine.
+    """Pick the backend: ``auto`` is MLX on a GPU, else the NumPy backend (its engine).
 
-    ``backend_choice.choose`` times both decode paths once and caches the answer
-    (``$MLX_SYNAPSE_CACHE/backend.json``); ``MLX_SYNAPSE_BACKEND=mlx|numpy``
-    overrides it, as does naming the backend.  Without MLX it is NumPy.
+    ``backend_choice.choose`` decides by the device and times the two only where
+    the engine cannot be built (cached in ``$MLX_SYNAPSE_CACHE/backend.json``);
+    ``MLX_SYNAPSE_BACKEND=mlx|numpy`` overrides it, as does naming the backend.
     """
     if backend not in BACKENDS:
         raise ValueError(f"[load] backend must be one of {', '.join(BACKENDS)} but got {backend!r}.")

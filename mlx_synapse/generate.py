@@ -1,8 +1,11 @@
 """Text generation: ``generate_step`` (a token generator), ``stream_generate``,
 ``generate``, and the ``python -m mlx_synapse.generate`` command.
 
-The backend is the model's (``model.backend``): MLX models run the loop
-below, NumPy models the twin in ``backends/numpy/generate.py``.
+One API over both backends: ``generate_step`` takes a model of either
+(``model.backend``) and yields ``(token: int, logprobs: np.ndarray (V,) float32)``;
+samplers and logits processors are plain callables on NumPy arrays whichever
+backend runs (see ``generate_step``).  MLX models run the loop below, NumPy
+models the twin in ``backends/numpy/generate.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, List, Optional, Sequence, Union
 
+import numpy as np
+
 DEFAULT_MAX_TOKENS = 256
+
+
+def on_device(fn: Callable) -> bool:
+    """Whether ``fn`` is an MLX-native sampler or processor (``mlx_synapse.sample`` marks them)."""
+    return bool(getattr(fn, "mlx_native", False))
 
 
 def generate_step(
@@ -29,41 +39,131 @@ def generate_step(
     prompt_cache: Optional[list] = None,
     prefill_step_size: int = 512,
 ) -> Generator[tuple, None, None]:
-    """Yield ``(token, logprobs)`` for each generated token of an MLX model.
+    """Yield ``(token, logprobs)`` for each generated token, for a model of either backend.
+
+    Samplers and logits processors see NumPy arrays on both backends:
+
+    * ``sampler(logprobs) -> int``: ``logprobs`` float32 (V,); greedy when None;
+    * ``processor(tokens, logits) -> logits``: ``tokens`` int64 (N,), the prompt and
+      the tokens generated so far; ``logits`` float32 (V,), returned as (V,).
+
+    The ones ``mlx_synapse.sample`` builds are marked MLX-native (``mlx_native``):
+    on an MLX model they run on ``mx.array`` (B = 1: logprobs (1, V) -> tokens (1,))
+    without leaving the device; on a NumPy model they are fed converted arrays.
 
     Args:
-        prompt: token ids, an ``mx.array`` of shape (L,) or a list.
-        model: an MLX causal LM.
-        max_tokens: stop after this many tokens (-1: no limit).
-        sampler: logprobs (1, V) -> token (1,); greedy when None.
-        logits_processors: callables ``(tokens, logits) -> logits``.
+        prompt: token ids: a list, a NumPy array or an ``mx.array`` of shape (L,).
+        model: from :func:`mlx_synapse.load` (``model.backend`` "mlx" or "numpy"; a
+            model without the attribute is an MLX one).
+        max_tokens: stop after this many tokens (-1: no limit on MLX).
+        sampler, logits_processors: see above.
         max_kv_size: bound the KV cache (rotating) to this many tokens.
-        kv_bits: quantize the KV cache to 4 or 8 bits.
-        prompt_cache: caches to reuse (from ``make_prompt_cache``); filled in place.
+        kv_bits: quantize the KV cache to 4 or 8 bits (MLX only).
+        prompt_cache: caches to reuse (``make_prompt_cache`` / ``model.make_cache``); filled in place.
         prefill_step_size: prompt tokens processed per forward pass.
+
+    Yields:
+        ``(token: int, logprobs: np.ndarray float32 (V,))``.
     """
+    processors = list(logits_processors or [])
+    if getattr(model, "backend", "mlx") == "numpy":
+        from .backends.numpy import generate as np_gen
+
+        if kv_bits is not None:
+            raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
+        yield from np_gen.generate_step(
+            np.asarray(prompt, dtype=np.int64).reshape(-1), model, max_tokens=max_tokens,
+            sampler=_numpy_sampler(sampler) if sampler is not None else None,
+            logits_processors=[_numpy_processor(p) for p in processors],
+            max_kv_size=max_kv_size, prefill_step_size=prefill_step_size, prompt_cache=prompt_cache,
+        )
+        return
+    for token, logprobs in _mlx_generate_step(
+        prompt, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
+        max_kv_size=max_kv_size, kv_bits=kv_bits, prompt_cache=prompt_cache,
+        prefill_step_size=prefill_step_size,
+    ):
+        yield token, np.array(logprobs.astype(_mx().float32))
+
+
+def _mx():
     import mlx.core as mx
+
+    return mx
+
+
+def _numpy_sampler(fn: Callable) -> Callable:
+    """An MLX-native sampler made to take NumPy (V,) and return an int (NumPy models)."""
+    if not on_device(fn):
+        return fn
+    mx = _mx()
+    return lambda lp: int(fn(mx.array(lp)[None]).item())
+
+
+def _numpy_processor(fn: Callable) -> Callable:
+    if not on_device(fn):
+        return fn
+    mx = _mx()
+    return lambda toks, logits: np.array(fn(mx.array(toks), mx.array(logits)[None])[0].astype(mx.float32))
+
+
+class _History:
+    """The prompt and the tokens generated so far, as int64 (N,) for NumPy processors."""
+
+    def __init__(self, prompt: np.ndarray):
+        self.buf = np.empty(max(64, 2 * prompt.size), np.int64)
+        self.buf[: prompt.size] = prompt
+        self.n = prompt.size
+
+    def append(self, tok: int) -> None:
+        if self.n == self.buf.size:
+            self.buf = np.concatenate([self.buf, np.empty_like(self.buf)])
+        self.buf[self.n] = tok
+        self.n += 1
+
+    def view(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+
+def _mlx_generate_step(prompt, model, *, max_tokens, sampler, logits_processors, max_kv_size,
+                       kv_bits, prompt_cache, prefill_step_size):
+    """The MLX loop: ``(token, logprobs mx (V,))``; NumPy samplers/processors fed host copies."""
+    mx = _mx()
 
     from .models.cache import make_prompt_cache
 
-    tokens = mx.array(prompt, mx.uint32) if not isinstance(prompt, mx.array) else prompt
+    tokens = prompt if isinstance(prompt, mx.array) else mx.array(np.asarray(prompt, np.int64), mx.uint32)
+    tokens = tokens.reshape(-1)
     if tokens.size == 0:
         raise ValueError("[generate] the prompt is empty; give at least one token.")
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model, max_kv_size, kv_bits)
+    native_sampler = sampler is None or on_device(sampler)
     sampler = sampler or (lambda lp: mx.argmax(lp, axis=-1))
     processors = logits_processors or []
+    # Device-side processors get the history as an mx.array (kept lazily, no sync);
+    # NumPy ones a host copy, which needs each sampled token's value.
+    device_history = any(on_device(p) for p in processors)
+    host_history = _History(np.array(tokens, dtype=np.int64)) if any(not on_device(p) for p in processors) else None
     history = tokens
 
-    def step(y: mx.array):
+    def step(y):
         nonlocal history
         logits = model(y[None], cache=cache)[:, -1, :]
-        if processors:
-            for p in processors:
+        for p in processors:
+            if on_device(p):
                 logits = p(history, logits)
+            else:
+                out = p(host_history.view(), np.array(logits[0].astype(mx.float32)))
+                logits = mx.array(np.asarray(out, np.float32).reshape(1, -1))
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        tok = sampler(logprobs)
-        if processors:
+        if native_sampler:
+            tok = sampler(logprobs)
+        else:
+            tok = mx.array([int(sampler(np.array(logprobs[0].astype(mx.float32))))], mx.uint32)
+        if device_history:
             history = mx.concatenate([history, tok.astype(history.dtype)])
+        if host_history is not None:
+            host_history.append(int(tok.item()))
         return tok, logprobs.squeeze(0)
 
     # Chunked prefill of all but the last token; evaluating only the cache after each
@@ -154,25 +254,21 @@ def stream_generate(
     """Stream the completion of ``prompt`` (text or token ids) piece by piece.
 
     Sampling options build the backend's sampler unless ``sampler`` is given;
-    ``logits_processors`` (``(tokens so far, logits) -> logits``) run before the
-    repetition penalty.
+    ``sampler`` and ``logits_processors`` follow :func:`generate_step`'s convention
+    (NumPy arrays on either backend); the processors run before the repetition penalty.
     Other keyword arguments go to the backend's ``generate_step``
     (``max_kv_size``, ``kv_bits``, ``prefill_step_size``, ``prompt_cache``).
     """
     backend = getattr(model, "backend", "mlx")
     ids = _encode_prompt(tokenizer, prompt)
     if backend == "numpy":
-        from .backends.numpy import generate as np_gen
         from .backends.numpy import sample as np_sample
 
-        if kwargs.pop("kv_bits", None) is not None:
+        if kwargs.get("kv_bits") is not None:
             raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
         sampler = sampler or np_sample.make_sampler(temp, top_p, min_p, top_k, seed=seed)
         logits_processors = list(logits_processors or []) + np_sample.make_logits_processors(
             repetition_penalty, repetition_context_size)
-        steps = np_gen.generate_step(
-            ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=logits_processors, **kwargs
-        )
         sync = lambda: None  # noqa: E731
     else:
         import mlx.core as mx
@@ -185,11 +281,9 @@ def stream_generate(
         sampler = sampler or sample.make_sampler(temp, top_p, min_p, top_k)
         logits_processors = list(logits_processors or []) + sample.make_logits_processors(
             repetition_penalty, repetition_context_size)
-        steps = generate_step(
-            mx.array(ids, mx.uint32), model, max_tokens=max_tokens, sampler=sampler,
-            logits_processors=logits_processors, **kwargs,
-        )
         sync = mx.synchronize
+    steps = generate_step(ids, model, max_tokens=max_tokens, sampler=sampler,
+                          logits_processors=logits_processors, **kwargs)
 
     detok = tokenizer.detokenizer
     detok.reset()

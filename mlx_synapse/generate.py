@@ -55,7 +55,7 @@ def generate_step(
         prompt: token ids: a list, a NumPy array or an ``mx.array`` of shape (L,).
         model: from :func:`mlx_synapse.load` (``model.backend`` "mlx" or "numpy"; a
             model without the attribute is an MLX one).
-        max_tokens: stop after this many tokens (-1: no limit on MLX).
+        max_tokens: stop after this many tokens (negative: no limit).
         sampler, logits_processors: see above.
         max_kv_size: bound the KV cache (rotating) to this many tokens.
         kv_bits: quantize the KV cache to 4 or 8 bits (MLX only).
@@ -66,6 +66,8 @@ def generate_step(
         ``(token: int, logprobs: np.ndarray float32 (V,))``.
     """
     processors = list(logits_processors or [])
+    if not isinstance(prefill_step_size, int) or prefill_step_size <= 0:
+        raise ValueError(f"[generate] prefill_step_size must be a positive integer but got {prefill_step_size!r}.")
     if getattr(model, "backend", "mlx") == "numpy":
         from .backends.numpy import generate as np_gen
 

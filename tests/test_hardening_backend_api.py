@@ -154,3 +154,24 @@ def test_stream_generate_hands_a_user_sampler_numpy_on_both(models):
         assert seen == [("ndarray", "float32", (V,))] * 3
         assert all(isinstance(r.logprobs, np.ndarray) for r in out)
         assert [r.token for r in out] == [int(np.argsort(r.logprobs)[-2]) for r in out]
+
+
+def test_no_limit_means_the_same_on_both_backends(models):
+    import itertools
+
+    a = [t for t, _ in itertools.islice(mlx_synapse.generate_step(PROMPT, models["mlx"], max_tokens=-1), 300)]
+    b = [t for t, _ in itertools.islice(mlx_synapse.generate_step(PROMPT, models["numpy"], max_tokens=-1), 300)]
+    assert len(a) == len(b) == 300 and a == b  # past the NumPy history's first 256-token buffer
+
+
+@pytest.mark.parametrize("backend", ["mlx", "numpy"])
+@pytest.mark.parametrize("bad", [0, -4])
+def test_bad_prefill_step_is_an_error_not_a_hang(models, backend, bad):
+    with pytest.raises(ValueError, match="prefill_step_size must be a positive integer but got"):
+        next(mlx_synapse.generate_step(PROMPT, models[backend], prefill_step_size=bad))
+
+
+@pytest.mark.parametrize("backend", ["mlx", "numpy"])
+def test_empty_prompt_is_a_clear_error(models, backend):
+    with pytest.raises(ValueError, match="prompt"):
+        next(mlx_synapse.generate_step([], models[backend]))

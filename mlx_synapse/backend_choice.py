@@ -260,7 +260,7 @@ def choose(remeasure: bool = False, log: Optional[Callable[[str], None]] = None)
         saved[key] = new
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes may write at once
             tmp.write_text(json.dumps(saved, indent=1))
             os.replace(tmp, path)
         except OSError as e:  # a read-only cache only costs a re-measure next time

@@ -85,7 +85,7 @@ def generate_step(
         max_kv_size=max_kv_size, kv_bits=kv_bits, prompt_cache=prompt_cache,
         prefill_step_size=prefill_step_size,
     ):
-        yield token, np.array(logprobs.astype(_mx().float32))
+        yield token, np.array(logprobs)
 
 
 def _mx():
@@ -166,7 +166,10 @@ def _mlx_generate_step(prompt, model, *, max_tokens, sampler, logits_processors,
             history = mx.concatenate([history, tok.astype(history.dtype)])
         if host_history is not None:
             host_history.append(int(tok.item()))
-        return tok, logprobs.squeeze(0)
+        lp = logprobs.squeeze(0)
+        # float32 inside the step, so handing it out as NumPy needs no new work queued
+        # behind the step already running ahead.
+        return tok, lp if lp.dtype == mx.float32 else lp.astype(mx.float32)
 
     # Chunked prefill of all but the last token; evaluating only the cache after each
     # chunk bounds peak memory and never computes the prompt's logits (lazy graph).

@@ -80,6 +80,9 @@ def test_explicit_dtype_still_wins(tmp_path, on_cpu):
     path = _quantized_dir(tmp_path)
     model, _ = loader.load(path, backend="mlx", dtype="bfloat16")
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.bfloat16}
+    # a half-precision model still hands out float32 NumPy logprobs
+    (tok, lp), = list(generate_step([1, 2, 3], model, max_tokens=1))
+    assert lp.dtype == np.float32 and lp.shape == (COMMON["vocab_size"],) and tok == int(np.argmax(lp))
 
 
 RAINBOW = ["Name three colors of the rainbow.", "What is the capital of France?",

@@ -4,8 +4,8 @@
 One API over both backends: ``generate_step`` takes a model of either
 (``model.backend``) and yields ``(token: int, logprobs: np.ndarray (V,) float32)``;
 samplers and logits processors are plain callables on NumPy arrays whichever
-backend runs (see ``generate_step``).  MLX models run the loop below, NumPy
-models the twin in ``backends/numpy/generate.py``.
+backend runs (see ``generate_step``).  MLX models run the loop in
+``generate_mlx.py``, NumPy models its twin in ``backends/numpy/generate.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ from typing import Any, Callable, Generator, List, Optional, Sequence, Union
 import numpy as np
 
 DEFAULT_MAX_TOKENS = 256
-
-
-def on_device(fn: Callable) -> bool:
-    """Whether ``fn`` is an MLX-native sampler or processor (``mlx_synapse.sample`` marks them)."""
-    return bool(getattr(fn, "mlx_native", False))
 
 
 def generate_step(
@@ -65,6 +60,9 @@ def generate_step(
     Yields:
         ``(token: int, logprobs: np.ndarray float32 (V,))``.
     """
+    from .generate_mlx import generate_step as mlx_generate_step
+    from .generate_mlx import numpy_processor, numpy_sampler
+
     processors = list(logits_processors or [])
     if not isinstance(prefill_step_size, int) or prefill_step_size <= 0:
         raise ValueError(f"[generate] prefill_step_size must be a positive integer but got {prefill_step_size!r}.")
@@ -75,124 +73,17 @@ def generate_step(
             raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
         yield from np_gen.generate_step(
             np.asarray(prompt, dtype=np.int64).reshape(-1), model, max_tokens=max_tokens,
-            sampler=_numpy_sampler(sampler) if sampler is not None else None,
-            logits_processors=[_numpy_processor(p) for p in processors],
+            sampler=numpy_sampler(sampler) if sampler is not None else None,
+            logits_processors=[numpy_processor(p) for p in processors],
             max_kv_size=max_kv_size, prefill_step_size=prefill_step_size, prompt_cache=prompt_cache,
         )
         return
-    for token, logprobs in _mlx_generate_step(
+    for token, logprobs in mlx_generate_step(
         prompt, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
         max_kv_size=max_kv_size, kv_bits=kv_bits, prompt_cache=prompt_cache,
         prefill_step_size=prefill_step_size,
     ):
         yield token, np.array(logprobs)
-
-
-def _mx():
-    import mlx.core as mx
-
-    return mx
-
-
-def _numpy_sampler(fn: Callable) -> Callable:
-    """An MLX-native sampler made to take NumPy (V,) and return an int (NumPy models)."""
-    if not on_device(fn):
-        return fn
-    mx = _mx()
-    return lambda lp: int(fn(mx.array(lp)[None]).item())
-
-
-def _numpy_processor(fn: Callable) -> Callable:
-    if not on_device(fn):
-        return fn
-    mx = _mx()
-    return lambda toks, logits: np.array(fn(mx.array(toks), mx.array(logits)[None])[0].astype(mx.float32))
-
-
-class _History:
-    """The prompt and the tokens generated so far, as int64 (N,) for NumPy processors."""
-
-    def __init__(self, prompt: np.ndarray):
-        self.buf = np.empty(max(64, 2 * prompt.size), np.int64)
-        self.buf[: prompt.size] = prompt
-        self.n = prompt.size
-
-    def append(self, tok: int) -> None:
-        if self.n == self.buf.size:
-            self.buf = np.concatenate([self.buf, np.empty_like(self.buf)])
-        self.buf[self.n] = tok
-        self.n += 1
-
-    def view(self) -> np.ndarray:
-        return self.buf[: self.n]
-
-
-def _mlx_generate_step(prompt, model, *, max_tokens, sampler, logits_processors, max_kv_size,
-                       kv_bits, prompt_cache, prefill_step_size):
-    """The MLX loop: ``(token, logprobs mx (V,))``; NumPy samplers/processors fed host copies."""
-    mx = _mx()
-
-    from .models.cache import make_prompt_cache
-
-    tokens = prompt if isinstance(prompt, mx.array) else mx.array(np.asarray(prompt, np.int64), mx.uint32)
-    tokens = tokens.reshape(-1)
-    if tokens.size == 0:
-        raise ValueError("[generate] the prompt is empty; give at least one token.")
-    cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model, max_kv_size, kv_bits)
-    native_sampler = sampler is None or on_device(sampler)
-    sampler = sampler or (lambda lp: mx.argmax(lp, axis=-1))
-    processors = logits_processors or []
-    # Device-side processors get the history as an mx.array (kept lazily, no sync);
-    # NumPy ones a host copy, which needs each sampled token's value.
-    device_history = any(on_device(p) for p in processors)
-    host_history = _History(np.array(tokens, dtype=np.int64)) if any(not on_device(p) for p in processors) else None
-    history = tokens
-
-    def step(y):
-        nonlocal history
-        logits = model(y[None], cache=cache)[:, -1, :]
-        for p in processors:
-            if on_device(p):
-                logits = p(history, logits)
-            else:
-                out = p(host_history.view(), np.array(logits[0].astype(mx.float32)))
-                logits = mx.array(np.asarray(out, np.float32).reshape(1, -1))
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        if native_sampler:
-            tok = sampler(logprobs)
-        else:
-            tok = mx.array([int(sampler(np.array(logprobs[0].astype(mx.float32))))], mx.uint32)
-        if device_history:
-            history = mx.concatenate([history, tok.astype(history.dtype)])
-        if host_history is not None:
-            host_history.append(int(tok.item()))
-        lp = logprobs.squeeze(0)
-        # float32 inside the step, so handing it out as NumPy needs no new work queued
-        # behind the step already running ahead.
-        return tok, lp if lp.dtype == mx.float32 else lp.astype(mx.float32)
-
-    # Chunked prefill of all but the last token; evaluating only the cache after each
-    # chunk bounds peak memory and never computes the prompt's logits (lazy graph).
-    while tokens.size > 1:
-        n = min(prefill_step_size, tokens.size - 1)
-        model(tokens[:n][None], cache=cache)
-        mx.eval([c.state for c in cache])
-        tokens = tokens[n:]
-    y, logprobs = step(tokens)
-    mx.async_eval(y, logprobs)
-    n = 0
-    while True:
-        if n == max_tokens:
-            break
-        # Queue the next step before handing out this one, so the device keeps busy
-        # while the caller detokenizes.
-        if n + 1 != max_tokens:
-            next_y, next_lp = step(y)
-            mx.async_eval(next_y, next_lp)
-        yield y.item(), logprobs
-        if n + 1 != max_tokens:
-            y, logprobs = next_y, next_lp
-        n += 1
 
 
 @dataclass

@@ -291,9 +291,9 @@ def load(
 
         on_cpu = mx.default_device() == mx.cpu
         # On MLX's CPU backend quantized matmuls run ~30x slower than float ones: CPU runs
-        # expand 4-bit weights. To float32, not bfloat16: bfloat16 decodes ~1.4x faster
-        # there but its rounding moves greedy text off the NumPy backend's float32
-        # reference within a few tokens; float32 gives the same tokens.
+        # expand 4-bit weights. To float32, not bfloat16: bfloat16 decodes ~1.3x and
+        # prefills ~2x faster there, but its rounding moves greedy text off the NumPy
+        # backend's float32 reference within a few tokens; float32 gives the same tokens.
         if dequantize is None:
             dequantize = on_cpu
         if dtype is None and on_cpu:

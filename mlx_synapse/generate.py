@@ -1,8 +1,11 @@
 """Text generation: ``generate_step`` (a token generator), ``stream_generate``,
 ``generate``, and the ``python -m mlx_synapse.generate`` command.
 
-The backend is the model's (``model.backend``): MLX models run the loop
-below, NumPy models the twin in ``backends/numpy/generate.py``.
+One API over both backends: ``generate_step`` takes a model of either
+(``model.backend``) and yields ``(token: int, logprobs: np.ndarray (V,) float32)``;
+samplers and logits processors are plain callables on NumPy arrays whichever
+backend runs (see ``generate_step``).  MLX models run the loop in
+``generate_mlx.py``, NumPy models its twin in ``backends/numpy/generate.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, List, Optional, Sequence, Union
+
+import numpy as np
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -29,65 +34,56 @@ def generate_step(
     prompt_cache: Optional[list] = None,
     prefill_step_size: int = 512,
 ) -> Generator[tuple, None, None]:
-    """Yield ``(token, logprobs)`` for each generated token of an MLX model.
+    """Yield ``(token, logprobs)`` for each generated token, for a model of either backend.
+
+    Samplers and logits processors see NumPy arrays on both backends:
+
+    * ``sampler(logprobs) -> int``: ``logprobs`` float32 (V,); greedy when None;
+    * ``processor(tokens, logits) -> logits``: ``tokens`` int64 (N,), the prompt and
+      the tokens generated so far; ``logits`` float32 (V,), returned as (V,).
+
+    The ones ``mlx_synapse.sample`` builds are marked MLX-native (``mlx_native``):
+    on an MLX model they run on ``mx.array`` (B = 1: logprobs (1, V) -> tokens (1,))
+    without leaving the device; on a NumPy model they are fed converted arrays.
 
     Args:
-        prompt: token ids, an ``mx.array`` of shape (L,) or a list.
-        model: an MLX causal LM.
-        max_tokens: stop after this many tokens (-1: no limit).
-        sampler: logprobs (1, V) -> token (1,); greedy when None.
-        logits_processors: callables ``(tokens, logits) -> logits``.
+        prompt: token ids: a list, a NumPy array or an ``mx.array`` of shape (L,).
+        model: from :func:`mlx_synapse.load` (``model.backend`` "mlx" or "numpy"; a
+            model without the attribute is an MLX one).
+        max_tokens: stop after this many tokens (negative: no limit).
+        sampler, logits_processors: see above.
         max_kv_size: bound the KV cache (rotating) to this many tokens.
-        kv_bits: quantize the KV cache to 4 or 8 bits.
-        prompt_cache: caches to reuse (from ``make_prompt_cache``); filled in place.
+        kv_bits: quantize the KV cache to 4 or 8 bits (MLX only).
+        prompt_cache: caches to reuse (``make_prompt_cache`` / ``model.make_cache``); filled in place.
         prefill_step_size: prompt tokens processed per forward pass.
+
+    Yields:
+        ``(token: int, logprobs: np.ndarray float32 (V,))``.
     """
-    import mlx.core as mx
+    from .generate_mlx import generate_step as mlx_generate_step
+    from .generate_mlx import numpy_processor, numpy_sampler
 
-    from .models.cache import make_prompt_cache
+    processors = list(logits_processors or [])
+    if not isinstance(prefill_step_size, int) or prefill_step_size <= 0:
+        raise ValueError(f"[generate] prefill_step_size must be a positive integer but got {prefill_step_size!r}.")
+    if getattr(model, "backend", "mlx") == "numpy":
+        from .backends.numpy import generate as np_gen
 
-    tokens = mx.array(prompt, mx.uint32) if not isinstance(prompt, mx.array) else prompt
-    if tokens.size == 0:
-        raise ValueError("[generate] the prompt is empty; give at least one token.")
-    cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model, max_kv_size, kv_bits)
-    sampler = sampler or (lambda lp: mx.argmax(lp, axis=-1))
-    processors = logits_processors or []
-    history = tokens
-
-    def step(y: mx.array):
-        nonlocal history
-        logits = model(y[None], cache=cache)[:, -1, :]
-        if processors:
-            for p in processors:
-                logits = p(history, logits)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        tok = sampler(logprobs)
-        if processors:
-            history = mx.concatenate([history, tok.astype(history.dtype)])
-        return tok, logprobs.squeeze(0)
-
-    # Chunked prefill of all but the last token; evaluating only the cache after each
-    # chunk bounds peak memory and never computes the prompt's logits (lazy graph).
-    while tokens.size > 1:
-        n = min(prefill_step_size, tokens.size - 1)
-        model(tokens[:n][None], cache=cache)
-        mx.eval([c.state for c in cache])
-        tokens = tokens[n:]
-    y, logprobs = step(tokens)
-    mx.async_eval(y, logprobs)
-    n = 0
-    while True:
-        if n == max_tokens:
-            break
-        # Queue the next step before handing out this one, so the device keeps busy
-        # while the caller detokenizes.
-        if n + 1 != max_tokens:
-            next_y, next_lp = step(y)
-            mx.async_eval(next_y, next_lp)
-        yield y.item(), logprobs
-        if n + 1 != max_tokens:
-            y, logprobs = next_y, next_lp
-        n += 1
+        if kv_bits is not None:
+            raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
+        yield from np_gen.generate_step(
+            np.asarray(prompt, dtype=np.int64).reshape(-1), model, max_tokens=max_tokens,
+            sampler=numpy_sampler(sampler) if sampler is not None else None,
+            logits_processors=[numpy_processor(p) for p in processors],
+            max_kv_size=max_kv_size, prefill_step_size=prefill_step_size, prompt_cache=prompt_cache,
+        )
+        return
+    for token, logprobs in mlx_generate_step(
+        prompt, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
+        max_kv_size=max_kv_size, kv_bits=kv_bits, prompt_cache=prompt_cache,
+        prefill_step_size=prefill_step_size,
+    ):
+        yield token, np.array(logprobs)
 
 
 @dataclass
@@ -154,25 +150,21 @@ def stream_generate(
     """Stream the completion of ``prompt`` (text or token ids) piece by piece.
 
     Sampling options build the backend's sampler unless ``sampler`` is given;
-    ``logits_processors`` (``(tokens so far, logits) -> logits``) run before the
-    repetition penalty.
+    ``sampler`` and ``logits_processors`` follow :func:`generate_step`'s convention
+    (NumPy arrays on either backend); the processors run before the repetition penalty.
     Other keyword arguments go to the backend's ``generate_step``
     (``max_kv_size``, ``kv_bits``, ``prefill_step_size``, ``prompt_cache``).
     """
     backend = getattr(model, "backend", "mlx")
     ids = _encode_prompt(tokenizer, prompt)
     if backend == "numpy":
-        from .backends.numpy import generate as np_gen
         from .backends.numpy import sample as np_sample
 
-        if kwargs.pop("kv_bits", None) is not None:
+        if kwargs.get("kv_bits") is not None:
             raise ValueError("[generate] --kv-bits needs the MLX backend; drop it or use --backend mlx.")
         sampler = sampler or np_sample.make_sampler(temp, top_p, min_p, top_k, seed=seed)
         logits_processors = list(logits_processors or []) + np_sample.make_logits_processors(
             repetition_penalty, repetition_context_size)
-        steps = np_gen.generate_step(
-            ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=logits_processors, **kwargs
-        )
         sync = lambda: None  # noqa: E731
     else:
         import mlx.core as mx
@@ -185,11 +177,9 @@ def stream_generate(
         sampler = sampler or sample.make_sampler(temp, top_p, min_p, top_k)
         logits_processors = list(logits_processors or []) + sample.make_logits_processors(
             repetition_penalty, repetition_context_size)
-        steps = generate_step(
-            mx.array(ids, mx.uint32), model, max_tokens=max_tokens, sampler=sampler,
-            logits_processors=logits_processors, **kwargs,
-        )
         sync = mx.synchronize
+    steps = generate_step(ids, model, max_tokens=max_tokens, sampler=sampler,
+                          logits_processors=logits_processors, **kwargs)
 
     detok = tokenizer.detokenizer
     detok.reset()

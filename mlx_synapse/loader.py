@@ -26,11 +26,11 @@ def mlx_available() -> bool:
 
 
 def resolve_backend(backend: str = "auto") -> str:
-    """Pick the backend: ``auto`` is the one measured fastest on this machine.
+    """Pick the backend: ``auto`` is MLX on a GPU, else the NumPy backend (its engine).
 
-    ``backend_choice.choose`` times both decode paths once and caches the answer
-    (``$MLX_SYNAPSE_CACHE/backend.json``); ``MLX_SYNAPSE_BACKEND=mlx|numpy``
-    overrides it, as does naming the backend.  Without MLX it is NumPy.
+    ``backend_choice.choose`` decides by the device and times the two only where
+    the engine cannot be built (cached in ``$MLX_SYNAPSE_CACHE/backend.json``);
+    ``MLX_SYNAPSE_BACKEND=mlx|numpy`` overrides it, as does naming the backend.
     """
     if backend not in BACKENDS:
         raise ValueError(f"[load] backend must be one of {', '.join(BACKENDS)} but got {backend!r}.")
@@ -260,7 +260,7 @@ def load(
         backend: "mlx", "numpy", or "auto" (the faster one for this machine).
         revision: hub revision.
         dequantize: MLX only — None picks what is fastest (float on CPU, quantized on GPU).
-        dtype: MLX only — cast float weights; None keeps the file's on a GPU, bfloat16 on a CPU.
+        dtype: MLX only — cast float weights; None keeps the file's on a GPU, float32 on a CPU.
 
     Returns:
         ``(model, tokenizer)``; ``model.backend`` is "mlx" or "numpy".
@@ -290,13 +290,14 @@ def load(
         from .models.parallel import split_rows_across_cpu_streams
 
         on_cpu = mx.default_device() == mx.cpu
-        # On MLX's CPU backend quantized matmuls run ~30x slower than bfloat16 ones, and
-        # bfloat16 prefills ~2x faster than float32 (benchmarks/README.md): CPU runs
-        # expand 4-bit weights to bfloat16.
+        # On MLX's CPU backend quantized matmuls run ~30x slower than float ones: CPU runs
+        # expand 4-bit weights. To float32, not bfloat16: bfloat16 decodes ~1.3x and
+        # prefills ~2x faster there, but its rounding moves greedy text off the NumPy
+        # backend's float32 reference within a few tokens; float32 gives the same tokens.
         if dequantize is None:
             dequantize = on_cpu
         if dtype is None and on_cpu:
-            dtype = "bfloat16"
+            dtype = "float32"
         model, config = load_model(model_path, dequantize=dequantize, dtype=dtype)
         fuse_projections(model)
         if on_cpu:

@@ -1,8 +1,11 @@
-"""Samplers and logits processors for the MLX backend (plain callables).
+"""MLX-native samplers and logits processors (plain callables on ``mx.array``).
 
 A sampler maps log-probabilities (B, V) to tokens (B,); a logits processor maps
-``(tokens_so_far, logits)`` to logits. The NumPy backend has twins with the
-same semantics in ``backends/numpy/sample.py``.
+``(tokens_so_far, logits)`` to logits.  Each is marked ``mlx_native = True``:
+``mlx_synapse.generate_step`` runs them on the device for MLX models and feeds
+them converted arrays for NumPy ones (the public convention is NumPy arrays;
+see ``generate_step``).  The NumPy backend has twins with the same semantics
+in ``backends/numpy/sample.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,12 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 import mlx.core as mx
+
+
+def mlx_native(fn: Callable) -> Callable:
+    """Mark ``fn`` as taking and returning ``mx.array`` (see ``generate.generate_step``)."""
+    fn.mlx_native = True
+    return fn
 
 
 def _apply_top_k(logprobs: mx.array, k: int) -> mx.array:
@@ -52,8 +61,9 @@ def make_sampler(
     if not 0 <= min_p < 1:
         raise ValueError(f"[sampler] min_p must be in [0, 1) but got {min_p}.")
     if temp == 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return mlx_native(lambda logprobs: mx.argmax(logprobs, axis=-1))
 
+    @mlx_native
     def sampler(logprobs: mx.array) -> mx.array:
         lp = _apply_top_p(_apply_min_p(_apply_top_k(logprobs, top_k), min_p), top_p)
         return mx.random.categorical(lp * (1.0 / temp), axis=-1)
@@ -70,6 +80,7 @@ def make_logits_processors(
     if repetition_penalty <= 0:
         raise ValueError(f"[sampler] repetition_penalty must be > 0 but got {repetition_penalty}.")
 
+    @mlx_native
     def penalty(tokens: mx.array, logits: mx.array) -> mx.array:
         recent = tokens[-repetition_context_size:]
         if recent.size == 0:

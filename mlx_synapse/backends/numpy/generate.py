@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,7 +29,8 @@ def generate_step(
     prefill_step_size: int = 512,
     prompt_cache: Optional[list] = None,
 ) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yield ``(token, logprobs (V,) float32)`` for up to ``max_tokens`` new tokens.
+    """Yield ``(token, logprobs (V,) float32)`` for up to ``max_tokens`` new tokens
+    (negative: no limit).
 
     The prompt is prefilled ``prefill_step_size`` tokens at a time (no logits
     are computed for prompt positions except the last).  The caller stops at
@@ -38,20 +40,21 @@ def generate_step(
     """
     prompt = np.asarray(prompt, dtype=np.int64).reshape(-1)
     if prompt.size == 0:
-        raise ValueError("generate_step needs a non-empty prompt")
+        raise ValueError("[generate] generate_step needs a non-empty prompt; give at least one token id.")
     if prefill_step_size <= 0:
-        raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
+        raise ValueError(f"[generate] prefill_step_size must be positive but got {prefill_step_size}.")
     sampler = sampler or make_sampler(0.0)
     processors = list(logits_processors or [])
     cache = prompt_cache if prompt_cache is not None else model.make_cache(max_kv_size)
+    if max_tokens == 0:
+        return
 
-    # All tokens seen so far (prompt + generated), preallocated for the processors.
-    tokens = np.empty(prompt.size + max(0, max_tokens), dtype=np.int64)
+    # All tokens seen so far (prompt + generated) for the processors; grows when
+    # there is no limit (max_tokens < 0).
+    tokens = np.empty(prompt.size + (max_tokens if max_tokens > 0 else 256), dtype=np.int64)
     tokens[: prompt.size] = prompt
     n_tok = prompt.size
 
-    if max_tokens <= 0:
-        return
     rest = prompt
     while rest.size > prefill_step_size:
         model.prefill(rest[:prefill_step_size], cache)
@@ -59,7 +62,7 @@ def generate_step(
     logits = model.forward_last(rest, cache)
 
     step = getattr(model, "step_logits", None)
-    for n in range(max_tokens):
+    for n in range(max_tokens) if max_tokens > 0 else itertools.count():
         if n > 0:
             if step is not None:
                 logits = step(int(tokens[n_tok - 1]), cache)
@@ -69,6 +72,8 @@ def generate_step(
             logits = proc(tokens[:n_tok], logits)
         logprobs = log_softmax(logits)
         y = int(sampler(logprobs))
+        if n_tok == tokens.size:
+            tokens = np.concatenate([tokens, np.empty_like(tokens)])
         tokens[n_tok] = y
         n_tok += 1
         yield y, logprobs

@@ -352,6 +352,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("mlx", "mlx_lm"):
+            raise
+        print(f"error: this needs MLX ({e}); pip install mlx ('mlx[cpu]' on Linux), "
+              "or use --backend numpy.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # The text so far is already on stdout; end its line and say why it stopped.
         if last is not None:

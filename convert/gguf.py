@@ -26,6 +26,7 @@ from .gguf_reader import (  # noqa: F401  (re-exported: the reader's public name
     read_gguf,
 )
 from ..kernels.affine import dequantize_numpy
+from ..models.config_check import check_config
 from .gguf_blocks import f32_to_bf16_bits, float_tensor, quant_triple
 from .save import BF16, save_model_dir
 
@@ -101,6 +102,17 @@ def _need(info: GGUFInfo, key: str) -> Any:
     return info.metadata[key]
 
 
+def _count(info: GGUFInfo, key: str, default: Any = None) -> int:
+    """A positive integer from the metadata (``default`` when absent), else a clear error."""
+    v = info.metadata.get(key, default) if default is not None else _need(info, key)
+    if type(v) is not int or v <= 0:
+        raise ValueError(
+            f"{info.path}: GGUF metadata {key!r} must be a positive integer but is {v!r}; "
+            "the file is corrupt — re-download or re-export it."
+        )
+    return v
+
+
 def _f32(x: float) -> float:
     # float32 metadata (1e-5 stored as 9.99999974e-06): keep its shortest decimal.
     return float(str(np.float32(x)))
@@ -110,9 +122,9 @@ def _hf_config(info: GGUFInfo, arch: str) -> dict:
     """Hugging Face style config.json entries from GGUF metadata."""
     md, p = info.metadata, arch + "."
     tensors = {t.name: t for t in info.tensors}
-    hidden = int(_need(info, p + "embedding_length"))
-    heads = int(_need(info, p + "attention.head_count"))
-    head_dim = int(md.get(p + "attention.key_length", hidden // heads))
+    hidden = _count(info, p + "embedding_length")
+    heads = _count(info, p + "attention.head_count")
+    head_dim = _count(info, p + "attention.key_length", hidden // heads)
     rope_dim = md.get(p + "rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise ValueError(
@@ -126,10 +138,10 @@ def _hf_config(info: GGUFInfo, arch: str) -> dict:
         "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
         "model_type": arch,
         "hidden_size": hidden,
-        "intermediate_size": int(_need(info, p + "feed_forward_length")),
-        "num_hidden_layers": int(_need(info, p + "block_count")),
+        "intermediate_size": _count(info, p + "feed_forward_length"),
+        "num_hidden_layers": _count(info, p + "block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(md.get(p + "attention.head_count_kv", heads)),
+        "num_key_value_heads": _count(info, p + "attention.head_count_kv", heads),
         "head_dim": head_dim,
         "rms_norm_eps": _f32(_need(info, p + "attention.layer_norm_rms_epsilon")),
         "rope_theta": _f32(md.get(p + "rope.freq_base", 10000.0)),
@@ -236,6 +248,7 @@ def convert_gguf(
     info = read_gguf(gguf_path)
     arch = _check_convertible(info)
     config = _hf_config(info, arch)
+    check_config(config, f"{info.path} (as config.json)")  # e.g. kv heads not dividing heads
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if "tokenizer.ggml.model" in info.metadata:

@@ -160,3 +160,23 @@ def test_numpy_blocks_equal_mlx_gguf_loader(tmp_path, qtype):
             assert a.shape == b.shape and a.tobytes() == np.array(b).astype(a.dtype).tobytes(), t.name
         n += 1
     assert n >= 7
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("llama.attention.head_count", 0, "'llama.attention.head_count' must be a positive integer but is 0"),
+    ("llama.block_count", 0, "'llama.block_count' must be a positive integer but is 0"),
+    ("llama.embedding_length", "abc", "'llama.embedding_length' must be a positive integer but is 'abc'"),
+    ("llama.attention.head_count_kv", 3, "num_key_value_heads=3 does not divide num_attention_heads=4"),
+])
+def test_bad_gguf_hyper_parameters_are_one_clear_error(tmp_path, key, value, message):
+    from .gguf_writer_util import tiny_gguf_metadata, write_gguf
+
+    model = hf_tiny_model("llama")
+    _, tensors = write_hf_as_gguf(model, tmp_path / "good.gguf", Q.F16)
+    meta = tiny_gguf_metadata(model.config)
+    meta[key] = value
+    bad = write_gguf(tmp_path / "bad.gguf", meta, tensors)
+    with pytest.raises(ValueError) as e:
+        convert_gguf(bad, tmp_path / "out", progress=False)
+    assert message in str(e.value) and str(bad) in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -208,6 +208,8 @@ _FLAGS = ["--max-tokens", "--temp", "--top-p", "--top-k", "--min-p", "--repetiti
 def test_property_cli_bad_values_are_one_line_or_success(tiny_dir, capsys, picks):
     argv = ["--model", str(tiny_dir), "--backend", "numpy", "-p", "hi", "-m", "1"]
     for flag, value in picks:
+        if flag == "--max-tokens" and value.strip().lstrip("+").isdigit() and int(value) > 4:
+            value = "4"  # a valid large budget is just slow: the time bound is for errors
         argv += [f"{flag}={value}"]
     start = time.monotonic()
     rc = _main(argv)

@@ -56,6 +56,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = convert_hf(source, args.out, dtype=args.dtype, quantize=args.quantize, q_bits=args.q_bits,
                              q_group_size=args.q_group_size, revision=args.revision,
                              progress=not args.no_progress)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in ("mlx", "mlx_lm"):
+            print(f"error: converting {source} needs MLX ({e}); pip install mlx ('mlx[cpu]' on Linux), "
+                  "or convert a .gguf file, which needs NumPy only.", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -3,13 +3,13 @@
 ``convert_gguf`` turns a llama/qwen2 GGUF into ``config.json`` +
 ``model.safetensors`` + tokenizer files that load in mlx-lm and in
 ``mlx_synapse.loader``. Q4_0/Q4_1/Q8_0 tensors stay quantized: they map
-exactly onto MLX's affine format with group size 32. The container itself is
-parsed by ``gguf_reader`` (``read_gguf`` and its types are re-exported here).
+exactly onto MLX's affine format with group size 32 (``gguf_blocks``). The container
+itself is parsed by ``gguf_reader`` (``read_gguf`` and its types are re-exported here).
+Everything here needs NumPy only, so the NumPy backend imports GGUFs without MLX.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -25,7 +25,10 @@ from .gguf_reader import (  # noqa: F401  (re-exported: the reader's public name
     TensorInfo,
     read_gguf,
 )
-from .save import save_model_dir
+from ..kernels.affine import dequantize_numpy
+from ..models.config_check import check_config
+from .gguf_blocks import f32_to_bf16_bits, float_tensor, quant_triple
+from .save import BF16, save_model_dir
 
 SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
 _QUANT_BITS = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
@@ -99,6 +102,17 @@ def _need(info: GGUFInfo, key: str) -> Any:
     return info.metadata[key]
 
 
+def _count(info: GGUFInfo, key: str, default: Any = None) -> int:
+    """A positive integer from the metadata (``default`` when absent), else a clear error."""
+    v = info.metadata.get(key, default) if default is not None else _need(info, key)
+    if type(v) is not int or v <= 0:
+        raise ValueError(
+            f"{info.path}: GGUF metadata {key!r} must be a positive integer but is {v!r}; "
+            "the file is corrupt — re-download or re-export it."
+        )
+    return v
+
+
 def _f32(x: float) -> float:
     # float32 metadata (1e-5 stored as 9.99999974e-06): keep its shortest decimal.
     return float(str(np.float32(x)))
@@ -108,9 +122,9 @@ def _hf_config(info: GGUFInfo, arch: str) -> dict:
     """Hugging Face style config.json entries from GGUF metadata."""
     md, p = info.metadata, arch + "."
     tensors = {t.name: t for t in info.tensors}
-    hidden = int(_need(info, p + "embedding_length"))
-    heads = int(_need(info, p + "attention.head_count"))
-    head_dim = int(md.get(p + "attention.key_length", hidden // heads))
+    hidden = _count(info, p + "embedding_length")
+    heads = _count(info, p + "attention.head_count")
+    head_dim = _count(info, p + "attention.key_length", hidden // heads)
     rope_dim = md.get(p + "rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise ValueError(
@@ -124,10 +138,10 @@ def _hf_config(info: GGUFInfo, arch: str) -> dict:
         "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
         "model_type": arch,
         "hidden_size": hidden,
-        "intermediate_size": int(_need(info, p + "feed_forward_length")),
-        "num_hidden_layers": int(_need(info, p + "block_count")),
+        "intermediate_size": _count(info, p + "feed_forward_length"),
+        "num_hidden_layers": _count(info, p + "block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(md.get(p + "attention.head_count_kv", heads)),
+        "num_key_value_heads": _count(info, p + "attention.head_count_kv", heads),
         "head_dim": head_dim,
         "rms_norm_eps": _f32(_need(info, p + "attention.layer_norm_rms_epsilon")),
         "rope_theta": _f32(md.get(p + "rope.freq_base", 10000.0)),
@@ -184,14 +198,11 @@ def _check_convertible(info: GGUFInfo) -> str:
     return arch
 
 
-def _float_tensor(info: GGUFInfo, t: TensorInfo):
-    """Read an F32/F16/BF16 tensor exactly (MLX's GGUF loader turns BF16 into F16)."""
-    import mlx.core as mx
-
-    dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[t.type_name]
-    arr = np.fromfile(info.path, dtype=dt, count=math.prod(t.shape), offset=info.data_offset + t.offset)
-    arr = mx.array(arr.reshape(tuple(reversed(t.shape))))
-    return arr.view(mx.bfloat16) if t.type_name == "BF16" else arr
+def _cast(x: np.ndarray, dtype: str):
+    """A float tensor in the output dtype (NumPy, or ``BF16`` bits for bfloat16)."""
+    if dtype == "bfloat16":
+        return BF16(f32_to_bf16_bits(x.astype(np.float32)))
+    return x.astype(dtype)
 
 
 _DTYPES = ("float16", "bfloat16", "float32")
@@ -227,7 +238,6 @@ def convert_gguf(
         ValueError: unsupported architecture, tensor type or tensor name, or a
             malformed/truncated file.
     """
-    import mlx.core as mx
     from tqdm import tqdm
 
     from .gguf_tokenizer import write_tokenizer_from_gguf
@@ -235,10 +245,10 @@ def convert_gguf(
     dtype = dtype or "float16"
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
-    mx_dtype = getattr(mx, dtype)
     info = read_gguf(gguf_path)
     arch = _check_convertible(info)
     config = _hf_config(info, arch)
+    check_config(config, f"{info.path} (as config.json)")  # e.g. kv heads not dividing heads
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if "tokenizer.ggml.model" in info.metadata:
@@ -246,7 +256,6 @@ def convert_gguf(
     else:
         warnings.warn(f"{info.path} has no tokenizer metadata; writing the model without one.")
 
-    raw = mx.load(str(info.path)) if any(t.type_name in _QUANT_BITS for t in info.tensors) else {}
     # llama.cpp interleaves rotary pairs only for llama (qwen2 uses NeoX rope, unpermuted).
     heads = {"self_attn.q_proj": config["num_attention_heads"],
              "self_attn.k_proj": config["num_key_value_heads"]}
@@ -255,34 +264,27 @@ def convert_gguf(
         name = hf_tensor_name(t.name)
         module = name.rpartition(".")[0]
         n_head = heads.get(module.split(".", 3)[-1]) if arch == "llama" else None
+        start = info.data_offset + t.offset
         if t.type_name not in _QUANT_BITS:
-            w = _float_tensor(info, t)
-            weights[name] = (unpermute_rows(w, n_head) if n_head else w).astype(mx_dtype)
+            w = float_tensor(info.path, start, t.type_name, t.shape)
+            weights[name] = _cast(unpermute_rows(w, n_head) if n_head else w, dtype)
             continue
         bits = _QUANT_BITS[t.type_name]
-        base = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
-        try:
-            triple = [raw[t.name], raw[base + ".scales"], raw[base + ".biases"]]
-        except KeyError as e:
-            raise ValueError(f"{info.path}: MLX's GGUF loader returned no {e} for {t.name}.") from e
-        if triple[0].shape[-1] * 32 // bits != t.shape[0]:
-            raise ValueError(f"MLX unpacked {t.name} to an unexpected shape {triple[0].shape}.")
+        triple = quant_triple(info.path, start, t.type_name, t.shape)
         if n_head:
             triple = [unpermute_rows(a, n_head) for a in triple]
         # Only Linear/Embedding weights can stay packed; a quantized norm is expanded.
         is_matrix = name.endswith(".weight") and len(t.shape) == 2 and not module.endswith(_NORMS)
         if is_matrix and not dequantize:
             weights[name] = triple[0]
-            weights[module + ".scales"] = triple[1].astype(mx_dtype)
-            weights[module + ".biases"] = triple[2].astype(mx_dtype)
+            weights[module + ".scales"] = _cast(triple[1], dtype)
+            weights[module + ".biases"] = _cast(triple[2], dtype)
             module_bits[module] = bits
         else:
             # Dequantize in float32 so the only rounding is the final cast.
             w, s, b = (a.reshape(-1, a.shape[-1]) for a in triple)
-            s, b = s.astype(mx.float32), b.astype(mx.float32)
-            full = mx.dequantize(w, s, b, group_size=_GROUP_SIZE, bits=bits)
-            weights[name] = full.reshape(tuple(reversed(t.shape))).astype(mx_dtype)
-    del raw
+            full = dequantize_numpy(w, s, b, group_size=_GROUP_SIZE, bits=bits)
+            weights[name] = _cast(full.reshape(tuple(reversed(t.shape))), dtype)
 
     if module_bits:
         counts: dict = {}

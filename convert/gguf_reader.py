@@ -201,5 +201,22 @@ def _parse(cur: _Cursor) -> GGUFInfo:
                     f"{path}: GGUF file is truncated: tensor {name!r} ends at byte {end} but the "
                     f"file has {cur.size} bytes; re-download it."
                 )
+        if offset % alignment:
+            raise ValueError(
+                f"{path}: tensor {name!r} starts at data offset {offset}, not a multiple of the "
+                f"file's alignment {alignment}; the file is corrupt — re-download or re-export it."
+            )
         info.tensors.append(TensorInfo(name, tname, shape, offset, nbytes))
+    _check_no_overlap(info)
     return info
+
+
+def _check_no_overlap(info: GGUFInfo) -> None:
+    """Refuse tensors whose data ranges overlap (two tensors reading the same bytes)."""
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in info.tensors if t.nbytes)
+    for (_, end, name), (start, _, nxt) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(
+                f"{info.path}: tensors {name!r} and {nxt!r} overlap (data bytes {start}..{end} "
+                "belong to both); the file is corrupt — re-download or re-export it."
+            )

@@ -11,6 +11,7 @@ backend runs (see ``generate_step``).  MLX models run the loop in
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any, Callable, Generator, List, Optional, Sequence, Union
 
 import numpy as np
 
-DEFAULT_MAX_TOKENS = 256
+from .generate_checks import DEFAULT_MAX_TOKENS, OneLineArgumentParser, check_options, fit_prompt, read_prompt
 
 
 def generate_step(
@@ -145,6 +146,7 @@ def stream_generate(
     seed: Optional[int] = None,
     sampler: Optional[Callable] = None,
     logits_processors: Optional[List[Callable]] = None,
+    truncate_prompt: bool = False,
     **kwargs,
 ) -> Generator[GenerationResponse, None, None]:
     """Stream the completion of ``prompt`` (text or token ids) piece by piece.
@@ -154,9 +156,15 @@ def stream_generate(
     (NumPy arrays on either backend); the processors run before the repetition penalty.
     Other keyword arguments go to the backend's ``generate_step``
     (``max_kv_size``, ``kv_bits``, ``prefill_step_size``, ``prompt_cache``).
+    A prompt longer than the model's context (or ``max_kv_size``) is a ValueError
+    unless ``truncate_prompt``, which keeps its last tokens.
     """
     backend = getattr(model, "backend", "mlx")
-    ids = _encode_prompt(tokenizer, prompt)
+    check_options(max_tokens=max_tokens, temp=temp, top_p=top_p, min_p=min_p, top_k=top_k,
+                  repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size,
+                  seed=seed, max_kv_size=kwargs.get("max_kv_size"),
+                  prefill_step_size=kwargs.get("prefill_step_size", 512))
+    ids = fit_prompt(model, _encode_prompt(tokenizer, prompt), kwargs.get("max_kv_size"), truncate_prompt)
     if backend == "numpy":
         from .backends.numpy import sample as np_sample
 
@@ -229,7 +237,8 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], *, verbose: bo
     return text
 
 
-def print_stats(r: GenerationResponse, file=sys.stdout) -> None:
+def print_stats(r: GenerationResponse, file=None) -> None:
+    file = file or sys.stdout  # looked up per call, so a redirected stdout is honoured
     print("=" * 10, file=file)
     print(f"Prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.3f} tokens-per-sec", file=file)
     print(f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec", file=file)
@@ -252,23 +261,25 @@ def build_prompt(tokenizer, prompt: str, system: Optional[str] = None, use_chat_
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m mlx_synapse.generate",
         description="Generate text with a small language model (default: SmolLM2-135M-Instruct).",
     )
     p.add_argument("--model", default=None, help="model dir, .gguf file or HF id (default: the embedded model)")
-    p.add_argument("--prompt", "-p", default=None, help="prompt text; read from stdin when omitted")
+    p.add_argument("--prompt", "-p", default=None, help="prompt text; read from stdin when omitted or '-'")
     p.add_argument("--system", default=None, help="system message for chat models")
-    p.add_argument("--max-tokens", "-m", type=int, default=DEFAULT_MAX_TOKENS)
-    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--max-tokens", "-m", type=int, default=DEFAULT_MAX_TOKENS, help="0 or more")
+    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature >= 0 (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]")
+    p.add_argument("--top-k", type=int, default=0, help=">= 0 (0 = off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 0 (1 = off)")
     p.add_argument("--repetition-context-size", type=int, default=20)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-kv-size", type=int, default=None, help="bound the KV cache (rotating)")
+    p.add_argument("--max-kv-size", type=int, default=None, help="bound the KV cache (rotating), > 4")
     p.add_argument("--kv-bits", type=int, default=None, choices=[4, 8], help="quantize the KV cache (MLX)")
+    p.add_argument("--truncate-prompt", action="store_true",
+                   help="keep the last tokens of a prompt longer than the context (default: refuse it)")
     p.add_argument("--backend", default="auto", choices=["auto", "mlx", "numpy"])
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     p.add_argument("--memory", default=None, metavar="DB",
@@ -281,22 +292,24 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = setup_arg_parser().parse_args(argv)
-    prompt = args.prompt
-    if prompt is None:
-        if sys.stdin is None or sys.stdin.isatty():
-            print("error: give --prompt TEXT or pipe text on stdin.", file=sys.stderr)
-            return 2
-        prompt = sys.stdin.read()
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if not prompt.strip():
-        print("error: the prompt is empty; give --prompt TEXT or text on stdin.", file=sys.stderr)
+    try:
+        # Settings first: a bad value fails before the model loads.
+        check_options(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, min_p=args.min_p,
+                      top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                      repetition_context_size=args.repetition_context_size, seed=args.seed,
+                      max_kv_size=args.max_kv_size)
+        prompt = read_prompt(args.prompt)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     from .loader import load
 
+    # transformers warns when a text outgrows the tokenizer's model_max_length; the
+    # prompt bound below says it in one line of our own (and the fix).
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+    bank, last = None, None
     try:
         model, tokenizer = load(args.model, backend=args.backend)
-        bank = None
         if args.memory is not None:
             from .assistant import Assistant
             from .memory.bank import MemoryBank, default_user
@@ -311,10 +324,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             ids = build_prompt(tokenizer, prompt, args.system, not args.no_chat_template)
             processors = None
+        ids = fit_prompt(model, ids, args.max_kv_size, args.truncate_prompt)
         if args.verbose:
             print(f"[backend: {model.backend}; model: {model.model_path}]", file=sys.stderr)
             print(tokenizer.decode(ids), file=sys.stderr)
-        last = None
         for last in stream_generate(
             model, tokenizer, ids, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
             min_p=args.min_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
@@ -325,11 +338,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         if last is not None:
             print_stats(last)
-        if bank is not None:
-            bank.close()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("mlx", "mlx_lm"):
+            raise
+        print(f"error: this needs MLX ({e}); pip install mlx ('mlx[cpu]' on Linux), "
+              "or use --backend numpy.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # The text so far is already on stdout; end its line and say why it stopped.
+        if last is not None:
+            print(flush=True)
+        print("[interrupted: generation stopped by Ctrl-C]", file=sys.stderr)
+        return 130
+    finally:
+        if bank is not None:
+            bank.close()
     return 0
 
 

@@ -87,7 +87,7 @@ def resolve_model_path(path_or_repo: Union[str, Path], revision: Optional[str] =
 
 
 def load_config(model_path: Union[str, Path]) -> dict:
-    """Read ``config.json`` with clear errors for a missing or garbled file."""
+    """Read and check ``config.json``: clear errors for a missing, garbled or invalid file."""
     path = Path(model_path) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -102,7 +102,9 @@ def load_config(model_path: Union[str, Path]) -> dict:
         ) from e
     if not isinstance(config, dict):
         raise ValueError(f"[load] {path} must hold a JSON object but holds {type(config).__name__}.")
-    return config
+    from .models.config_check import check_config
+
+    return check_config(config, path)
 
 
 def weight_files(model_path: Union[str, Path]) -> list:
@@ -305,4 +307,6 @@ def load(
             mx.eval(model.parameters())
         model.backend = "mlx"
     model.model_path = model_path
+    # The prompt bound of generate (an int or None: never a parameter of an MLX module).
+    model.context_length = config.get("max_position_embeddings")
     return model, load_tokenizer(model_path, eos_token_ids=config.get("eos_token_id"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ...models.config_check import check_config
 from ...models.rope import rope_settings
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
@@ -53,6 +54,7 @@ def _req(cfg: dict, key: str, where: str) -> Any:
 
 
 def parse_args(cfg: Dict[str, Any], where: str = "model") -> ModelArgs:
+    check_config(cfg, Path(where) / "config.json" if where != "model" else "config.json")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(

@@ -1,1 +1,0 @@
-"""Benchmarks against named peers; ``python -m mlx_synapse.bench`` runs the suite (``suite.py``)."""

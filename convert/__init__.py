@@ -1,1 +1,0 @@
-"""Checkpoint import: Hugging Face / PyTorch (``hf``), GGUF (``gguf``); CLI in ``__main__``."""

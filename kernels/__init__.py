@@ -1,1 +1,0 @@
-"""Kernels, each beside its reference: ``affine`` (MLX affine (de)quantization, NumPy twin)."""

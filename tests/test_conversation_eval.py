@@ -298,7 +298,7 @@ def test_plain_rag_puts_the_top_memory_and_its_date_in_the_user_turn(bank, monke
                      Message("u:m2", 1741953800.0, "I play the bassoon")])
     assert len(rag.bank.list(user="u")) == 3  # verbatim, no merging
     a = rag.answer("u", "what do I play")
-    assert seen[-1] == "user: Context: (14 March 2025) I play the bassoon\n\nQuestion: what do I play\n\nassistant:"
+    assert seen[-1] == "user: Context: I play the bassoon (said on 14 March 2025)\n\nQuestion: what do I play\n\nassistant:"
     assert a.text == "ok" and a.shown == ["I play the bassoon"]
     rag.answer("nobody", "what do I play")
     assert seen[-1] == "user: what do I play\n\nassistant:"

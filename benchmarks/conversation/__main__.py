@@ -35,6 +35,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--systems", default="assistant,plain_rag", help="comma-separated: assistant, plain_rag")
     p.add_argument("--limit", type=int, default=40, help="questions per category and per scale")
     p.add_argument("--scales", default="1,10,100,1000", help="facts per user for the scale runs")
+    p.add_argument("--scale-limit", type=int, default=None, help="questions per scale (default: --limit)")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run: {', '.join(PARTS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=24)
@@ -64,7 +65,9 @@ def check_args(args) -> Dict[str, Any]:
         scales = [int(x) for x in args.scales.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--scales {args.scales!r}: give whole numbers separated by commas, e.g. 1,10,100.") from None
-    for name, v in (("--limit", args.limit), ("--max-tokens", args.max_tokens),
+    if args.scale_limit is None:
+        args.scale_limit = args.limit
+    for name, v in (("--limit", args.limit), ("--scale-limit", args.scale_limit), ("--max-tokens", args.max_tokens),
                     ("--locomo-dialogues", args.locomo_dialogues), ("--timing-memories", args.timing_memories),
                     ("--timing-queries", args.timing_queries), *(("--scales", s) for s in scales)):
         if v < 1:
@@ -80,7 +83,7 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
 
 
-def run(args, systems: List[str], parts: List[str], scales: List[int]) -> Dict[str, Any]:
+def run(args, systems: List[str], parts: List[str], scales: List[int], save=None) -> Dict[str, Any]:
     from mlx_synapse.benchmarks.common import commit, machine
     from mlx_synapse.memory import MemoryBank
     from mlx_synapse.memory.encoders import MiniLMEncoder
@@ -92,7 +95,7 @@ def run(args, systems: List[str], parts: List[str], scales: List[int]) -> Dict[s
 
     res: Dict[str, Any] = dict(
         command="python -m mlx_synapse.benchmarks.conversation " + " ".join(shlex.quote(a) for a in args.argv),
-        machine=machine(), commit=commit(), split=args.split, seed=args.seed, limit=args.limit, max_tokens=args.max_tokens,
+        machine=machine(), commit=commit(), split=args.split, seed=args.seed, limit=args.limit, scale_limit=args.scale_limit, max_tokens=args.max_tokens,
         systems=systems, model=args.model or "SmolLM2-135M-Instruct Q4_1 (default)", backend=args.backend)
     t_start = time.perf_counter()
     enc = MiniLMEncoder()
@@ -115,11 +118,15 @@ def run(args, systems: List[str], parts: List[str], scales: List[int]) -> Dict[s
             users = runner.pick_users(args.split, args.limit, args.seed)
             with _bar(sum(len(u.questions) for u in users) * len(systems), "categories") as bar:
                 rows += runner.run_users(fresh("cat"), users, bar.update)
+            if save is not None:
+                save(dict(res, summary=runner.summarize(rows), rows=rows, partial=True))
         if "scale" in parts:
-            groups = runner.scale_users(args.split, scales, args.limit, args.seed)
+            groups = runner.scale_users(args.split, scales, args.scale_limit, args.seed)
             with _bar(sum(len(u.questions) for us in groups.values() for u in us) * len(systems), "scale") as bar:
                 for s, us in groups.items():
                     rows += runner.run_users(fresh(f"scale{s}"), us, bar.update, label=f"scale {s}")
+                    if save is not None:
+                        save(dict(res, summary=runner.summarize(rows), rows=rows, partial=True))
         if rows:
             res["summary"] = runner.summarize(rows)
             res["rows"] = rows
@@ -127,6 +134,8 @@ def run(args, systems: List[str], parts: List[str], scales: List[int]) -> Dict[s
             ds = locomo.build_dialogues(args.split, args.locomo_dialogues, args.seed)
             with _bar(len(ds), "locomo") as bar:
                 res["locomo"] = locomo.evidence_recall(bank("locomo", dedup=None), ds, progress=bar)
+            if save is not None:
+                save(dict(res, partial=True))
         if "timing" in parts:
             texts: List[str] = []
             i = 0
@@ -141,9 +150,9 @@ def run(args, systems: List[str], parts: List[str], scales: List[int]) -> Dict[s
             res["timing"] = dict(retrieval=runner.retrieval_timing(a._for("t"), b, "t", texts, qs))
             tb = bank("ttft")
             w, wo = AssistantSystem(model, tok, tb, max_tokens=1), AssistantSystem(model, tok, tb, max_tokens=1)
-            u = build_scale_user(args.split, 100, 1, seed=20_000)
+            u = build_scale_user(args.split, 100, args.timing_queries, seed=20_000)  # asked about its own facts
             w.ingest(u.id, u.messages)
-            res["timing"]["ttft"] = runner.ttft_timing(w, wo, u.id, qs)
+            res["timing"]["ttft"] = runner.ttft_timing(w, wo, u.id, [q.text for q in u.questions])
     res["seconds"] = time.perf_counter() - t_start
     return res
 
@@ -151,7 +160,7 @@ def run(args, systems: List[str], parts: List[str], scales: List[int]) -> Dict[s
 def report(res: Dict[str, Any]) -> str:
     from .runner import table
 
-    out = [f"split: {res['split']}  limit: {res['limit']} questions per category/scale  "
+    out = [f"split: {res['split']}  limit: {res['limit']} questions per category, {res.get('scale_limit')} per scale  "
            f"model: {res['model']}  backend: {res['backend']}"]
     if res.get("summary"):
         out += ["", table(res["summary"], "right"), "", table(res["summary"], "wrong_abstention"),
@@ -165,7 +174,8 @@ def report(res: Dict[str, Any]) -> str:
         r, t = res["timing"]["retrieval"], res["timing"]["ttft"]
         out += ["", f"retrieval per turn at {r['memories']} memories (search + re-rank, encoding excluded): "
                     f"p50 {r['retrieval_ms_p50']:.2f} ms, p90 {r['retrieval_ms_p90']:.2f} ms "
-                    f"(query encoding p50 {r['encode_ms_p50']:.1f} ms)",
+                    f"(without the access-count write {r['search_no_touch_ms_p50']:.2f} ms; "
+                    f"query encoding p50 {r['encode_ms_p50']:.1f} ms)",
                 f"time to first token: with memory {1e3 * t['ttft_s_p50_with']:.0f} ms, without "
                 f"{1e3 * t['ttft_s_p50_without']:.0f} ms (p50 of {t['questions']}; ratio {t['ratio']:.2f}x)"]
     out.append(f"\n{res['seconds']:.0f} s")
@@ -177,7 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         checked = check_args(args)
-        res = run(args, **checked)
+        save = None
+        if args.out:
+            def save(r):
+                Path(args.out).write_text(json.dumps(r, indent=1, default=str))
+        res = run(args, **checked, save=save)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -99,7 +99,10 @@ def summarize(rows: Sequence[dict]) -> Dict[str, Dict[str, dict]]:
     for name in dict.fromkeys(r["system"] for r in rows):
         mine = [r for r in rows if r["system"] == name]
         groups = {}
-        for g in dict.fromkeys(r["group"] for r in mine):
+        order = {c: i for i, c in enumerate(CATEGORIES)}
+        names = sorted(dict.fromkeys(r["group"] for r in mine),
+                       key=lambda g: (order.get(g, len(order)), int(g.split()[-1]) if g.startswith("scale") else 0))
+        for g in names:
             rs = [r for r in mine if r["group"] == g]
             ans = [r for r in rs if r["answerable"]]
             groups[g] = dict(right=_rate(rs, "right"),
@@ -139,17 +142,21 @@ def retrieval_timing(assistant, bank, user: str, texts: Sequence[str], queries: 
     encoding of a recent text). The encoding's own time is reported beside."""
     for i in range(0, len(texts), batch):
         bank.add_many([dict(text=t, force=True, source="timing") for t in texts[i:i + batch]], user=user)
-    first, second = [], []
+    first, second, notouch = [], [], []
     for q in queries:
         t0 = time.perf_counter()
         assistant.retrieve(q)
         t1 = time.perf_counter()
         assistant.retrieve(q)
         t2 = time.perf_counter()
+        bank.search(q, assistant.k, user=user, min_score=assistant.min_score, lexical=assistant.lexical, touch=False)
+        t3 = time.perf_counter()
         first.append(t1 - t0)
         second.append(t2 - t1)
+        notouch.append(t3 - t2)
     return dict(memories=len(bank.list(user=user)), queries=len(queries),
                 retrieval_ms_p50=1e3 * float(np.median(second)), retrieval_ms_p90=1e3 * float(np.quantile(second, 0.9)),
+                search_no_touch_ms_p50=1e3 * float(np.median(notouch)),
                 encode_ms_p50=1e3 * float(np.median(np.subtract(first, second))))
 
 

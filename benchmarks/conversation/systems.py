@@ -8,7 +8,7 @@ questions, each as the first turn of a fresh session (``answer``). Two are built
   through ``stream_respond`` after ``reset()``.
 * ``plain_rag``: the baseline. Every message stored verbatim (no gate, no merging)
   with its date; the single closest memory by cosine put in the user turn as
-  ``Context: (<date>) <message>``; greedy generation, nothing else.
+  ``Context: <message> (said on <date>)``; greedy generation, nothing else.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class PlainRAG:
         if hits:
             e = hits[0][0]
             ts = (e.metadata or {}).get("ts", e.created)
-            content = f"Context: ({_day(ts)}) {e.text}\n\nQuestion: {question}"
+            content = f"Context: {e.text} (said on {_day(ts)})\n\nQuestion: {question}"
         else:
             content = question
         tok = self.tokenizer

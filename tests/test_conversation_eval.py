@@ -307,7 +307,35 @@ def test_plain_rag_puts_the_top_memory_and_its_date_in_the_user_turn(bank, monke
 def test_cli_bad_input_is_one_line_exit_2(capsys, tmp_path):
     for argv, needle in ((["--systems", "assistant,gpt"], "unknown gpt"), (["--limit", "0"], "--limit must be >= 1"),
                          (["--scales", "1,x"], "whole numbers"), (["--only", "bogus"], "unknown bogus"),
-                         (["--out", str(tmp_path / "no" / "r.json")], "does not exist")):
+                         (["--out", str(tmp_path / "no" / "r.json")], "does not exist"),
+                         (["--locomo-file", str(tmp_path / "none.json")], "not found")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_public_locomo_format_is_read_with_its_evidence_ids(tmp_path, bank):
+    import json
+
+    sample = {"sample_id": "conv-x", "qa": [
+        {"question": "What does Ana bake?", "answer": "rye bread", "evidence": ["D1:2"], "category": 4},
+        {"question": "Where did Ana move?", "answer": "Oslo", "evidence": ["D2:1", "D1:1"], "category": 1},
+        {"question": "Broken evidence?", "answer": "x", "evidence": ["D9:99"], "category": 2}],
+        "conversation": {"speaker_a": "Ana", "speaker_b": "Bo", "session_1_date_time": "1:00 pm on 8 May, 2023",
+                         "session_1": [{"speaker": "Ana", "dia_id": "D1:1", "text": "I live in Lima."},
+                                       {"speaker": "Ana", "dia_id": "D1:2", "text": "I bake rye bread.",
+                                        "blip_caption": "a loaf"}],
+                         "session_2": [{"speaker": "Bo", "dia_id": "D2:1", "text": "Ana moved to Oslo."}]}}
+    f = tmp_path / "locomo10.json"
+    f.write_text(json.dumps([sample]))
+    (u,) = locomo.load_locomo(f)
+    assert [m.text for m in u.messages] == ["Ana: I live in Lima.", "Ana: I bake rye bread. [shares a photo of a loaf]",
+                                            "Bo: Ana moved to Oslo."]
+    assert [q.category for q in u.questions] == ["single_hop", "multi_hop"]  # the broken one is left out
+    res = locomo.evidence_recall(bank(dedup=None), [u], ks=(2, 3), lexical=(0.0,))
+    assert res["recall@3 lexical=0.0"] == 1.0
+    with pytest.raises(FileNotFoundError, match="not found"):
+        locomo.load_locomo(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not LoCoMo JSON"):
+        locomo.load_locomo(tmp_path / "bad.json")

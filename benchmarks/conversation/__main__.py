@@ -42,6 +42,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--backend", default="numpy")
     p.add_argument("--locomo-dialogues", type=int, default=10)
+    p.add_argument("--locomo-file", default=None,
+                   help="the public LoCoMo data (locomo10.json, its zip, or a folder of its .json files): "
+                        "evidence recall measured on it too (part 'locomo')")
     p.add_argument("--timing-memories", type=int, default=10000)
     p.add_argument("--timing-queries", type=int, default=20)
     p.add_argument("--out", default=None, help="write every question, reply and figure here (JSON)")
@@ -72,6 +75,9 @@ def check_args(args) -> Dict[str, Any]:
                     ("--timing-queries", args.timing_queries), *(("--scales", s) for s in scales)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1 but got {v}.")
+    if args.locomo_file and not Path(args.locomo_file).exists():
+        raise FileNotFoundError(f"--locomo-file {args.locomo_file} not found; give the path of locomo10.json "
+                                "(github.com/snap-research/locomo, data/locomo10.zip) or leave it out.")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise ValueError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist; create it.")
     return dict(systems=systems, parts=parts, scales=scales)
@@ -134,6 +140,11 @@ def run(args, systems: List[str], parts: List[str], scales: List[int], save=None
             ds = locomo.build_dialogues(args.split, args.locomo_dialogues, args.seed)
             with _bar(len(ds), "locomo") as bar:
                 res["locomo"] = locomo.evidence_recall(bank("locomo", dedup=None), ds, progress=bar)
+            if args.locomo_file:
+                pub = locomo.load_locomo(args.locomo_file)
+                with _bar(len(pub), "locomo (public)") as bar:
+                    res["locomo_public"] = locomo.evidence_recall(bank("locomo-public", dedup=None), pub, progress=bar)
+                res["locomo_public"]["file"] = str(args.locomo_file)
             if save is not None:
                 save(dict(res, partial=True))
         if "timing" in parts:
@@ -165,11 +176,13 @@ def report(res: Dict[str, Any]) -> str:
     if res.get("summary"):
         out += ["", table(res["summary"], "right"), "", table(res["summary"], "wrong_abstention"),
                 "", table(res["summary"], "old_value")]
-    if res.get("locomo"):
-        lo = res["locomo"]
-        out += ["", f"LoCoMo-style evidence recall ({lo['dialogues']} dialogues, {lo['turns']:.0f} turns each, "
-                    f"{lo['questions']} questions, {lo['evidence_per_question']:.2f} evidence turns per question):"]
-        out += [f"  {k}: {v:.3f}" for k, v in lo.items() if k.startswith("recall@")]
+    for key, what in (("locomo", "LoCoMo-style evidence recall (generated dialogues)"),
+                      ("locomo_public", "LoCoMo evidence recall (public snap-research/locomo data)")):
+        lo = res.get(key)
+        if lo:
+            out += ["", f"{what}: {lo['dialogues']} dialogues, {lo['turns']:.0f} turns each on average, "
+                        f"{lo['questions']} questions, {lo['evidence_per_question']:.2f} evidence turns per question"]
+            out += [f"  {k}: {v:.3f}" for k, v in lo.items() if k.startswith("recall@")]
     if res.get("timing"):
         r, t = res["timing"]["retrieval"], res["timing"]["ttft"]
         out += ["", f"retrieval per turn at {r['memories']} memories (search + re-rank, encoding excluded): "

@@ -5,21 +5,26 @@ every answerable category scattered through it: changes, corrections, two-hop pa
 lists, dated events), hundreds of turns long, and questions that name the turns holding
 their evidence, as in snap-research/locomo. A question counts at k when *all* its
 evidence turns are among the bank's top k. No generation: fast.
+
+:func:`load_locomo` reads the public LoCoMo release (snap-research/locomo) into the
+same form, so the same recall is measured on it when the data is at hand.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 import numpy as np
 
 from .families import CATEGORIES, families
-from .generator import User, _assemble, _chatter, _Draw, _event, _EPOCH
+from .generator import _EPOCH, Message, Question, User, _assemble, _chatter, _Draw, _event
 
-__all__ = ["build_dialogues", "evidence_recall", "recall_at"]
+__all__ = ["build_dialogues", "evidence_recall", "load_locomo", "recall_at"]
 
 
 def build_dialogues(split: str, n: int, seed: int = 0, sessions: int = 12, turns: int = 300) -> List[User]:
@@ -87,3 +92,69 @@ def evidence_recall(bank, dialogues: Sequence[User], ks: Sequence[int] = (5, 10)
                 for c in sorted({r["category"] for r in rows})}
     res["rows"] = rows
     return res
+
+
+_LOCOMO_CATEGORIES = {1: "multi_hop", 2: "temporal", 3: "open_domain", 4: "single_hop", 5: "adversarial"}
+
+
+def _locomo_samples(path: Path) -> List[dict]:
+    """The samples of the public LoCoMo release at ``path``: ``locomo10.json`` (a list of
+    samples with ``conversation`` and ``qa``), its ``.zip``, or a folder of per-conversation
+    files (the multimodal release: sessions and ``qa`` at the top level)."""
+    def read(name: str, data: bytes) -> List[dict]:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"[conversation] {name} is not LoCoMo JSON ({e}); give locomo10.json, its zip "
+                             "or a folder of per-conversation .json files.") from None
+        items = obj if isinstance(obj, list) else [obj]
+        return [dict(s, _name=f"{Path(name).stem}" if len(items) == 1 else f"{Path(name).stem}-{i}")
+                for i, s in enumerate(items) if isinstance(s, dict)]
+
+    if not path.exists():
+        raise FileNotFoundError(f"[conversation] LoCoMo data {path} not found; pass the path of locomo10.json "
+                                "(github.com/snap-research/locomo, data/locomo10.zip) or leave --locomo-file out.")
+    out: List[dict] = []
+    if path.is_dir():
+        for f in sorted(path.rglob("*.json")):
+            out += read(str(f), f.read_bytes())
+    elif path.suffix == ".zip":
+        with zipfile.ZipFile(path) as z:
+            for n in sorted(z.namelist()):
+                if n.endswith(".json"):
+                    out += read(n, z.read(n))
+    else:
+        out = read(str(path), path.read_bytes())
+    out = [s for s in out if "qa" in s]
+    if not out:
+        raise ValueError(f"[conversation] no LoCoMo conversation with 'qa' in {path}.")
+    return out
+
+
+def load_locomo(path) -> List[User]:
+    """The public LoCoMo conversations as users: every turn (``"<speaker>: <text>"``, an
+    image's caption appended) is a message with the turn's ``dia_id``; every question
+    whose evidence ids all name turns is kept, with LoCoMo's category name."""
+    users = []
+    for s in _locomo_samples(Path(path)):
+        conv = s.get("conversation", s)
+        uid = f"locomo-{s['_name']}"
+        sessions = sorted((int(k.split("_")[1]), v) for k, v in conv.items()
+                          if k.startswith("session_") and k.count("_") == 1 and isinstance(v, list))
+        messages = []
+        for n, turns in sessions:
+            for t in turns:
+                text = f"{t.get('speaker', '')}: {t.get('text', '')}".strip()
+                if t.get("blip_caption"):
+                    text += f" [shares a photo of {t['blip_caption']}]"
+                messages.append(Message(f"{uid}:{t['dia_id']}", float(n), text))
+        ids = {m.id for m in messages}
+        questions = []
+        for i, q in enumerate(s["qa"]):
+            ev = tuple(f"{uid}:{e.strip()}" for e in q.get("evidence", []) or [])
+            if not ev or not set(ev) <= ids:
+                continue
+            questions.append(Question(f"{uid}:q{i}", uid, _LOCOMO_CATEGORIES.get(q.get("category"), "other"), "locomo",
+                                      str(q["question"]), ((str(q.get("answer", "")),),), (), ev))
+        users.append(User(uid, messages, questions, facts=len(messages)))
+    return users

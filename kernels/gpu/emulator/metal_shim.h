@@ -48,7 +48,15 @@ using std::sqrt;
 }  // namespace metal
 using namespace metal;
 
+extern "C" char __start_emu_tg[] __attribute__((weak));
+extern "C" char __stop_emu_tg[] __attribute__((weak));
+
 namespace emu {
+
+inline void poison_threadgroup_memory() {
+  if (__start_emu_tg && __stop_emu_tg > __start_emu_tg)
+    std::memset(__start_emu_tg, 0xFF, (size_t)(__stop_emu_tg - __start_emu_tg));
+}
 
 struct Abort : std::exception {};
 
@@ -231,6 +239,7 @@ inline std::string run_grid(uint3 groups, int threads, int policy, uint64_t seed
     g.group_pos = pos;
     for (int t = 0; t < threads; ++t) g.state[t] = RUNNABLE;
     std::fill(g.simd_ops.begin(), g.simd_ops.end(), 0);
+    poison_threadgroup_memory();
     dispatch_next();
     g.main_sem.acquire();
     if (!g.error.empty()) break;
@@ -250,4 +259,7 @@ inline std::string run_grid(uint3 groups, int threads, int policy, uint64_t seed
 #define device
 #define constant
 #define thread
-#define threadgroup static  // one group runs at a time: a static array is the group's memory
+// One group runs at a time, so a static array is the group's memory.  All of them sit in
+// one section, poisoned (0xFF bytes: NaN floats, all-ones integers) before every group,
+// so a read of threadgroup memory no thread of this group wrote yet is not silently stale.
+#define threadgroup static __attribute__((section("emu_tg")))

@@ -16,6 +16,8 @@ the output) is.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import dialect
@@ -24,7 +26,7 @@ from .launch import GpuKernel
 SUPPORTED_BITS = (4, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
 WARPS = 4
-RPS = 2  # output rows per SIMD group
+RPS = 4  # output rows per SIMD group
 
 BODY = r"""
   const uint M = params[0], N = params[1], K = params[2], gs = params[3];
@@ -35,39 +37,39 @@ BODY = r"""
   float acc[MT][RPS];
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < RPS; ++r) acc[m][r] = 0.0f;
-  for (uint c = gpu_lane; c < K / 8; c += 32) {  // chunk c: codes 8c .. 8c+7
+  for (uint c = gpu_lane; c < K / 8; c += 32) {  // chunk c: codes 8c .. 8c+7 of each row
     const uint k = c * 8;
-    float xv[MT][8];
-    float xs[MT];
-    for (int m = 0; m < MT; ++m) {
-      const uint mm = min(m0 + (uint)m, M - 1);
-      xs[m] = 0.0f;
-      for (int j = 0; j < 8; ++j) {
-        xv[m][j] = float(x[mm * K + k + j]);
-        xs[m] += xv[m][j];
-      }
-    }
     const uint g = k / gs;
+    float q[RPS][8];
+    float s[RPS], b[RPS];
     for (int r = 0; r < RPS; ++r) {
       const uint row = min(row0 + (uint)r, N - 1);
-      const float s = float(scales[row * gpr + g]);
-      const float b = float(biases[row * gpr + g]);
-      float q[8];
+      s[r] = float(scales[row * gpr + g]);
+      b[r] = float(biases[row * gpr + g]);
       if (BITS == 4) {
         const uint wd = w[row * wpr + c];
-        for (int j = 0; j < 8; ++j) q[j] = float((wd >> (4 * j)) & 15u);
+        for (int j = 0; j < 8; ++j) q[r][j] = float((wd >> (4 * j)) & 15u);
       } else {
         const uint w0 = w[row * wpr + 2 * c];
         const uint w1 = w[row * wpr + 2 * c + 1];
         for (int j = 0; j < 4; ++j) {
-          q[j] = float((w0 >> (8 * j)) & 255u);
-          q[j + 4] = float((w1 >> (8 * j)) & 255u);
+          q[r][j] = float((w0 >> (8 * j)) & 255u);
+          q[r][j + 4] = float((w1 >> (8 * j)) & 255u);
         }
       }
-      for (int m = 0; m < MT; ++m) {
+    }
+    for (int m = 0; m < MT; ++m) {
+      const uint mm = min(m0 + (uint)m, M - 1);
+      float xv[8];
+      float xs = 0.0f;
+      for (int j = 0; j < 8; ++j) {
+        xv[j] = float(x[mm * K + k + j]);
+        xs += xv[j];
+      }
+      for (int r = 0; r < RPS; ++r) {
         float d = 0.0f;
-        for (int j = 0; j < 8; ++j) d += xv[m][j] * q[j];
-        acc[m][r] += s * d + b * xs[m];
+        for (int j = 0; j < 8; ++j) d += xv[j] * q[r][j];
+        acc[m][r] += s[r] * d + b[r] * xs;
       }
     }
   }
@@ -132,6 +134,17 @@ def reference(x, w, scales, biases, group_size: int, bits: int) -> np.ndarray:
     return (x2 @ wf.T).reshape(*np.shape(x)[:-1], n)
 
 
+@functools.lru_cache(maxsize=256)
+def _params(*values):
+    """The kernel's shape arguments as a device array, made once per shape: a fresh host
+    array per call costs a host-to-device transfer per product."""
+    import mlx.core as mx
+
+    p = mx.array(values, dtype=mx.uint32)
+    mx.eval(p)
+    return p
+
+
 def affine_qmm(x, w, scales, biases, group_size: int = 64, bits: int = 4, backend: str | None = None):
     """``x @ W.T`` on the GPU through the kernel (MLX arrays in and out)."""
     import mlx.core as mx
@@ -141,10 +154,12 @@ def affine_qmm(x, w, scales, biases, group_size: int = 64, bits: int = 4, backen
         raise ValueError("affine_qmm: no MLX GPU (Metal or CUDA) is the default device; use mx.quantized_matmul")
     m, n, k = check(x.shape, w.shape, scales.shape, group_size, bits)
     mt, grid, tg = _launch(m, n)
-    params = mx.array([m, n, k, group_size], dtype=mx.uint32)
+    params = _params(m, n, k, group_size)
     dt = x.dtype
+    if scales.dtype != dt:
+        scales, biases = scales.astype(dt), biases.astype(dt)
     (out,) = KERNEL.mlx(backend)(
-        inputs=[w, scales.astype(dt), biases.astype(dt), x.reshape(m, k), params],
+        inputs=[w, scales, biases, x.reshape(m, k), params],
         template=[("T", dt), ("BITS", bits), ("MT", mt), ("RPS", RPS)],
         grid=grid, threadgroup=tg, output_shapes=[(m, n)], output_dtypes=[dt],
     )

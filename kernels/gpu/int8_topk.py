@@ -144,6 +144,9 @@ def merge(cand_s: np.ndarray, cand_i: np.ndarray, k: int) -> tuple[np.ndarray, n
     for s, i in zip(cand_s, cand_i):
         keep = i != NO_ID
         s, i = s[keep], i[keep].astype(np.int64)
+        if len(s) > k:  # only the candidates tied with or above the k-th score need sorting
+            kth = np.partition(s, len(s) - k)[len(s) - k]
+            s, i = s[s >= kth], i[s >= kth]
         order = np.lexsort((i, -s))[:k]
         out_s.append(s[order])
         out_i.append(i[order])
@@ -165,10 +168,13 @@ def int8_topk(codes, inv_norm, queries, k: int, backend: str | None = None, rpw:
     n, d, q = check(shape, inv_norm.shape, queries.shape, k)
     rpw = rpw or rows_per_warp(n)
     groups, (grid, tg) = _launch(n, q, rpw)
-    params = mx.array([n, d, k, rpw], dtype=mx.uint32)
+    from .affine_qmm import _params
+
     words = codes if codes.dtype == mx.uint32 else codes.view(mx.uint32)
+    if queries.dtype != mx.float32:
+        queries = queries.astype(mx.float32)
     cs, ci = KERNEL.mlx(backend)(
-        inputs=[words, inv_norm, queries.astype(mx.float32), params],
+        inputs=[words, inv_norm, queries, _params(n, d, k, rpw)],
         grid=grid, threadgroup=tg, output_shapes=[(q, groups * k), (q, groups * k)],
         output_dtypes=[mx.float32, mx.uint32],
     )

@@ -4,6 +4,7 @@ messages; long messages are chunked into memories and the prompt fits the contex
 
 from __future__ import annotations
 
+import re
 import io
 import sqlite3
 from types import SimpleNamespace
@@ -165,7 +166,9 @@ def test_read_only_database_is_read_with_one_message(tmp_path, monkeypatch):
     lines = err.splitlines()
     assert len(lines) == 3 and all(ln.startswith("error: the memory database ") for ln in lines), err
     assert "attempt to write a readonly database" in lines[0] and "--db PATH" in lines[0]
-    assert out.splitlines()[:2] == ["It is noted.", "  0.947 [1] My cat is called Miso."]
+    # The score is the bank's INT8 cosine (0.946 here; 0.947 in float16): the memory line itself is the point.
+    first, shown = out.splitlines()[:2]
+    assert first == "It is noted." and re.fullmatch(r"  0\.94[67] \[1\] My cat is called Miso\.", shown), out
     assert out.count("It is noted.") == 2 and "Traceback" not in err
     with MemoryBank(tmp_path / "chat.db", BagOfWords(), backend="numpy") as b:
         assert texts(b) == ["My cat is called Miso."]

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from .conftest import _or_skip
+from .test_hardening_chat import _paste
 from .test_memory_bank import BagOfWords
 
 CONTEXT = 512
@@ -59,19 +60,6 @@ def tiny_dir(tmp_path_factory, smollm2_dir):
     return out
 
 
-def _paste(n_chars: int) -> str:
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    vocab = ["".join(rng.choice(list("aeioubdfgklmnprstvz"), rng.integers(3, 9))) for _ in range(400)]
-    out, size = [], 0
-    while size < n_chars:
-        s = " ".join(rng.choice(vocab, rng.integers(6, 15))).capitalize() + "."
-        out.append(s)
-        size += len(s) + 1
-    return " ".join(out)
-
-
 def test_huge_line_replies_fast_within_the_context(tiny_dir, tmp_path):
     from mlx_synapse.assistant import Assistant
     from mlx_synapse.loader import load
@@ -81,7 +69,7 @@ def test_huge_line_replies_fast_within_the_context(tiny_dir, tmp_path):
     with MemoryBank(tmp_path / "m.db", BagOfWords(), backend="numpy") as bank:
         a = Assistant(model, tok, bank, user="me", max_tokens=32)
         assert a.context == CONTEXT
-        line = _paste(50_000) + " What did I just paste?"
+        line = _paste(50_000, seed=1) + " What did I just paste?"
         t0 = time.perf_counter()
         pieces = a.stream_respond(line)
         next(pieces)

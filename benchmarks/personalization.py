@@ -281,6 +281,7 @@ def corrections(model, tok, bank, fs: FactSet, n: int, seed: int, max_tokens: in
                          right_memory_first=shown, stored_after=stored, reply_before=r1.text,
                          right_before=matches(r1.text, f.accepted),
                          question_after=after.question, reply_after=after.reply, right_after=after.right,
+                         shown_after=after.in_context,
                          right_after_first=after.right_first, old_in_reply=matches(after.reply, f.accepted),
                          stored_has_new=matches(stored, f.correction_accepted) and stored == f.corrected_text))
         if j % 10 == 0:

@@ -10,8 +10,9 @@ next in that source (the longest such match wins; ties all get it). The model st
 decides whether to copy and when to stop: the bonus only tips near-ties, and
 nothing is biased before the reply has started to repeat a source.
 
-Measured on SmolLM2-135M-Instruct (greedy) in a scratch comparison on 100 questions
-of the personalization benchmark with the right memory alone in the prompt: right
+Chosen on SmolLM2-135M-Instruct (greedy) in a scratch comparison on 100 questions of
+the personalization benchmark (its tuning split, so not a figure to quote) with the right
+memory alone in the prompt: right
 88% of the time without the bias, 97-98% with ``bonus`` 3 to 10 and ``min_match`` 1
 or 2. ``python -m mlx_synapse.benchmarks.personalization --copy-bonus 0`` measures
 the whole assistant without it.

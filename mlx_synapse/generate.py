@@ -20,7 +20,7 @@ from typing import Any, Callable, Generator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .generate_checks import DEFAULT_MAX_TOKENS, OneLineArgumentParser, check_options, fit_prompt, read_prompt
+from .generate_checks import DEFAULT_MAX_TOKENS, OneLineArgumentParser, check_options, context_length, fit_prompt, read_prompt
 
 
 def generate_step(
@@ -157,7 +157,8 @@ def stream_generate(
     Other keyword arguments go to the backend's ``generate_step``
     (``max_kv_size``, ``kv_bits``, ``prefill_step_size``, ``prompt_cache``).
     A prompt longer than the model's context (or ``max_kv_size``) is a ValueError
-    unless ``truncate_prompt``, which keeps its last tokens.
+    unless ``truncate_prompt``, which keeps its last tokens; generation stops
+    (``finish_reason`` "length") when the reply fills the rest of the context.
     """
     backend = getattr(model, "backend", "mlx")
     check_options(max_tokens=max_tokens, temp=temp, top_p=top_p, min_p=min_p, top_k=top_k,
@@ -165,6 +166,11 @@ def stream_generate(
                   seed=seed, max_kv_size=kwargs.get("max_kv_size"),
                   prefill_step_size=kwargs.get("prefill_step_size", 512))
     ids = fit_prompt(model, _encode_prompt(tokenizer, prompt), kwargs.get("max_kv_size"), truncate_prompt)
+    ctx = context_length(model)
+    if ctx is not None:
+        # The last token generated is never fed back, so prompt + reply may reach ctx + 1
+        # tokens with every position the model runs on inside its context.
+        max_tokens = min(max_tokens, ctx - len(ids) + 1)
     if backend == "numpy":
         from .backends.numpy import sample as np_sample
 
@@ -337,6 +343,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(last.text, end="", flush=True)
         print()
         if last is not None:
+            if last.finish_reason == "length" and last.generation_tokens < args.max_tokens:
+                print(f"note: stopped after {last.generation_tokens} tokens: the prompt ({last.prompt_tokens} "
+                      f"tokens) and the reply fill the model's context of {context_length(model)} tokens.",
+                      file=sys.stderr)
             print_stats(last)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

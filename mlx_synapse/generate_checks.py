@@ -24,6 +24,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 # Both KV caches always keep the first 4 tokens (models/cache.py, backends/numpy/cache.py).
 _KV_KEEP = 4
+_KV_MIN = 8  # the smallest rotating cache either backend builds
 
 
 def _is_int(v) -> bool:
@@ -46,7 +47,7 @@ def check_options(*, max_tokens=DEFAULT_MAX_TOKENS, temp=0.0, top_p=1.0, min_p=0
         ("max_tokens", max_tokens, _is_int(max_tokens) and max_tokens >= 0, "an integer >= 0"),
         ("temp", temp, _is_real(temp) and temp >= 0, "a number >= 0 (0 = greedy)"),
         ("top_p", top_p, _is_real(top_p) and 0 < top_p <= 1, "a number in (0, 1]"),
-        ("min_p", min_p, _is_real(min_p) and 0 <= min_p <= 1, "a number in [0, 1]"),
+        ("min_p", min_p, _is_real(min_p) and 0 <= min_p < 1, "a number in [0, 1) (0 = off)"),
         ("top_k", top_k, _is_int(top_k) and top_k >= 0, "an integer >= 0 (0 = off)"),
         ("repetition_penalty", repetition_penalty,
          repetition_penalty is None or (_is_real(repetition_penalty) and repetition_penalty > 0),
@@ -54,8 +55,8 @@ def check_options(*, max_tokens=DEFAULT_MAX_TOKENS, temp=0.0, top_p=1.0, min_p=0
         ("repetition_context_size", repetition_context_size,
          _is_int(repetition_context_size) and repetition_context_size >= 1, "an integer >= 1"),
         ("seed", seed, seed is None or (_is_int(seed) and 0 <= seed < 2**32), "an integer in [0, 2**32)"),
-        ("max_kv_size", max_kv_size, max_kv_size is None or (_is_int(max_kv_size) and max_kv_size > _KV_KEEP),
-         f"an integer > {_KV_KEEP} (the cache always keeps the first {_KV_KEEP} tokens)"),
+        ("max_kv_size", max_kv_size, max_kv_size is None or (_is_int(max_kv_size) and max_kv_size >= _KV_MIN),
+         f"an integer >= {_KV_MIN} (the cache always keeps the first {_KV_KEEP} tokens)"),
         ("prefill_step_size", prefill_step_size, _is_int(prefill_step_size) and prefill_step_size >= 1,
          "an integer >= 1"),
     )

@@ -57,11 +57,13 @@ BAD_OPTIONS = [
     (["--top-k", "-1"], "top_k (--top-k)"),
     (["--min-p", "-0.1"], "min_p (--min-p)"),
     (["--min-p", "1.1"], "min_p (--min-p)"),
+    (["--min-p", "1"], "min_p (--min-p)"),
     (["--repetition-penalty", "0"], "repetition_penalty (--repetition-penalty)"),
     (["--repetition-penalty", "-2"], "repetition_penalty (--repetition-penalty)"),
     (["--repetition-context-size", "0"], "repetition_context_size (--repetition-context-size)"),
     (["--max-kv-size", "0"], "max_kv_size (--max-kv-size)"),
     (["--max-kv-size", "4"], "max_kv_size (--max-kv-size)"),
+    (["--max-kv-size", "7"], "max_kv_size (--max-kv-size)"),
     (["--seed", "-1"], "seed (--seed)"),
     (["--max-tokens", "abc"], "argument --max-tokens/-m: invalid int value: 'abc'"),
     (["--kv-bits", "3"], "argument --kv-bits: invalid choice"),
@@ -137,6 +139,31 @@ def test_truncate_prompt_keeps_the_end(tiny_dir, models, backend, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert f"Prompt: {CTX} tokens" in out.out
+
+
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_generation_stops_at_the_context(tiny_dir, models, backend, capsys):
+    model, tok = models[backend]
+    eos = list(tok.eos_token_ids)
+
+    def no_eos(tokens, logits):  # keep the random tiny model talking until the bound stops it
+        logits[..., eos] = -1e9
+        return logits
+
+    ids = tok.encode(_long_text(300))[: CTX - 4]
+    steps = list(stream_generate(model, tok, ids, max_tokens=50, logits_processors=[no_eos]))
+    # Positions 0 .. CTX-1 are run: the prompt's CTX-4 and 4 generated tokens fed back, plus the last one.
+    assert len(steps) == 5 and steps[-1].finish_reason == "length" and steps[-1].generation_tokens == 5
+    short = list(stream_generate(model, tok, ids[:10], max_tokens=7, logits_processors=[no_eos]))
+    assert len(short) == 7  # far from the bound: max_tokens decides
+    text = " ".join(f"w{i}" for i in range(300))
+    n_prompt = len(tok.encode(text))
+    rc = main(["--model", str(tiny_dir), "--backend", backend, "-p", text, "-m", "500", "--truncate-prompt",
+               "--no-chat-template"])
+    out = capsys.readouterr()
+    assert rc == 0 and n_prompt > CTX
+    assert f"Generation: 1 tokens" in out.out  # the truncated prompt fills the context: one token fits
+    assert f"the reply fill the model's context of {CTX} tokens" in _one_line(out.err)
 
 
 def test_prompt_longer_than_max_kv_size_is_refused(tiny_dir, capsys):

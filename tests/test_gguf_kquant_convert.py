@@ -232,3 +232,20 @@ def test_llama3_rope_freqs_match_hf_rope_scaling(tmp_path, theta, scaling):
                              dtype="float32", progress=False)
         no_scaling = np.array(loader.load_model(plain)[0](mx.array(IDS)[None]))[0]
         assert np.abs(no_scaling - ref).max() > 1e-2
+
+
+def test_numpy_backend_loads_a_kquant_gguf(tmp_path, monkeypatch, capfd):
+    # load() converts a .gguf into its cache on first use and says what it did with each type.
+    monkeypatch.setenv("MLX_SYNAPSE_CACHE", str(tmp_path / "cache"))
+    from mlx_synapse.loader import load
+
+    model, path, _ = kquant_llama(tmp_path, *MIXES["Q5_K_M+Q3_K+Q2_K"])
+    np_model, _ = load(str(path), backend="numpy", dtype="float32")
+    err = capfd.readouterr().err
+    assert "[convert] Q5_K -> float16, dequantized (10 tensors)" in err
+    assert "[convert] Q2_K -> float16, dequantized (2 tensors)" in err
+    ref = hf_logits(model, IDS)
+    np_model.use_engine(False)  # float32 NumPy path on the float16-stored weights
+    got = np_model(np.array(IDS))
+    # The cache stores float16: the error is float16 rounding of the weights, not decoding.
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-2 * np.abs(ref).max())

@@ -90,7 +90,7 @@ def _dq_q3_k(raw):
     scales = (low | (high << 4)).astype(np.int16) - 32
     q = _bits(raw[:, 32:96].reshape(n * 2, 1, 32), (0, 2, 4, 6), 3).reshape(n, 8, 32)
     h = _bits(raw[:, 0:32].reshape(n, 1, 32), range(8), 1)  # (n, 8, 32): plane i's high bits
-    q = q.astype(np.int16) - 4 * (1 - h.astype(np.int16))
+    q = q.view(np.int8) - ((h ^ 1) << 2).view(np.int8)  # a clear high bit subtracts 4
     dl = (d * scales.astype(np.float32))[:, :, None]
     return dl * q.reshape(n, 16, 16).astype(np.float32)
 
@@ -118,7 +118,7 @@ def _dq_q6_k(raw):
     scales = raw[:, 192:208].view(np.int8).astype(np.float32)
     low = _nibbles(raw[:, 0:128].reshape(n, 2, 64))  # (n, 2, 128) per half
     high = _bits(raw[:, 128:192].reshape(n * 2, 1, 32), (0, 2, 4, 6), 3).reshape(n, 2, 128)
-    q = (low | (high << 4)).astype(np.int16) - 32
+    q = (low | (high << 4)).view(np.int8) - np.int8(32)  # 0..63 -> -32..31
     return (d * scales)[:, :, None] * q.reshape(n, 16, 16).astype(np.float32)
 
 
@@ -194,8 +194,10 @@ def dequantize(raw: np.ndarray, type_name: str, shape: tuple, name: str = "tenso
                          f"{n_blocks * size} bytes ({n_blocks} blocks of {size}) but has {raw.size}; "
                          "the file is truncated or corrupt — re-download it.")
     blocks = raw.reshape(n_blocks, size)
-    out = np.empty((n_blocks, block), dtype=np.float32)
     decode = _DECODERS[type_name]
+    if n_blocks <= _CHUNK_BLOCKS:
+        return decode(blocks).reshape(tuple(reversed(shape)))
+    out = np.empty((n_blocks, block), dtype=np.float32)
     for i in range(0, n_blocks, _CHUNK_BLOCKS):
         out[i:i + _CHUNK_BLOCKS] = decode(blocks[i:i + _CHUNK_BLOCKS]).reshape(-1, block)
     return out.reshape(tuple(reversed(shape)))

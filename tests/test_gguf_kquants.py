@@ -112,3 +112,13 @@ def test_needs_numpy_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0.0"
+
+
+def test_large_tensor_decoded_in_chunks_matches_reference():
+    # More blocks than one decoding chunk (2**14): the chunked path must stitch rows exactly.
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, (2 * 16384 + 7, 18), dtype=np.uint8)  # 6555 rows of 5 blocks
+    raw[:, 0:2] = rng.uniform(-1, 1, (raw.shape[0], 1)).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(raw.shape[0] // 5, 5 * 18)  # rows of 160 elements
+    got = dequantize(raw, "IQ4_NL", (160, raw.shape[0]))
+    np.testing.assert_array_equal(_bits(got), _bits(gguf.quants.dequantize(raw, Q.IQ4_NL)))

@@ -22,7 +22,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="float type of the written weights (default: the source's)")
     p.add_argument("-q", "--quantize", action="store_true",
-                   help="affine-quantize float weights (GGUF: K-quant/IQ4/F16 matrices; Q4_0/Q4_1/Q8_0 stay as they are)")
+                   help="affine-quantize float weights (GGUF: K-quant/IQ4/float matrices; "
+                        "Q4_0/Q4_1/Q8_0 keep their blocks)")
     p.add_argument("--q-bits", type=int, default=4)
     p.add_argument("--q-group-size", type=int, default=64)
     p.add_argument("--dequantize", action="store_true", help="GGUF: write float weights instead of any blocks")

@@ -304,6 +304,7 @@ def _cast(x: np.ndarray, dtype: str):
 
 
 _DTYPES = ("float16", "bfloat16", "float32")
+_F16_MAX = 65504.0
 
 
 def _summary(actions: dict) -> list:
@@ -444,6 +445,12 @@ def convert_gguf(
             module_quant[module] = (q_bits, q_group_size)
             outcome = f"{q_bits}-bit affine (group {q_group_size}){how or ''}, re-quantized"
         else:
+            if dtype == "float16" and w.size and float(np.max(np.abs(w))) > _F16_MAX:
+                raise ValueError(
+                    f"{info.path}: tensor {t.name!r} ({t.type_name}) holds values up to "
+                    f"{float(np.max(np.abs(w))):.4g}, beyond float16's range; convert with --dtype bfloat16 "
+                    "or float32."
+                )
             weights[name] = _cast(w, dtype)
             outcome = f"{dtype}{how}"
             if quantize and is_matrix:

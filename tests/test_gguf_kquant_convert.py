@@ -68,31 +68,34 @@ def _from_gguf_rows(w: np.ndarray, gguf_name: str, heads: int, kv_heads: int) ->
     return out
 
 
-def kquant_llama(tmp_path, types: dict, default: Q, seed: int = 0):
-    """A tiny HF llama whose every matrix is random ``types``/``default`` blocks, and its GGUF.
+def kquant_llama(tmp_path, types: dict, default: Q, seed: int = 0, arch: str = "llama"):
+    """A tiny HF llama (or ``arch``) whose every matrix is random ``types``/``default`` blocks, and its GGUF.
 
     ``types`` maps a part of a GGUF name (``ffn_down``, ``output``) to a type. The HF model holds the
     reference (``gguf.quants``) dequantization of the same blocks, so logits must match.
     """
-    model = hf_model("llama", bias_std=0.5, **dict(TINY, hidden_size=256, intermediate_size=512))
+    model = hf_model(arch, bias_std=0.5,
+                     **dict(TINY, hidden_size=256, intermediate_size=512, tie_word_embeddings=False))
     c = model.config
     rng = np.random.default_rng(seed)
     tensors, used = [], {}
     state = model.state_dict()
-    for gname, raw, qtype in hf_state_to_gguf_tensors(state, c.num_attention_heads, c.num_key_value_heads, Q.F32):
+    permute = arch == "llama"  # llama.cpp interleaves q/k rows for llama only
+    for gname, raw, qtype in hf_state_to_gguf_tensors(state, c.num_attention_heads, c.num_key_value_heads, Q.F32,
+                                                      permute=permute):
         if raw.ndim == 2:
             qtype = next((t for part, t in types.items() if part in gname.split(".")), default)
             raw = random_blocks(rng, raw.shape[0], raw.shape[1], qtype)
             ref = reference_dequantize(raw, qtype)
             with torch.no_grad():
-                hf = _from_gguf_rows(ref, gname, c.num_attention_heads, c.num_key_value_heads)
+                hf = _from_gguf_rows(ref, gname, c.num_attention_heads, c.num_key_value_heads) if permute else ref
                 state[hf_tensor_name(gname)].copy_(torch.from_numpy(hf))
             used[qtype.name] = used.get(qtype.name, 0) + 1
         tensors.append((gname, raw, qtype))
     meta = {**llama_metadata(hidden=256, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
-                             layers=c.num_hidden_layers, ff=512, ctx=c.max_position_embeddings),
+                             layers=c.num_hidden_layers, ff=512, ctx=c.max_position_embeddings, arch=arch),
             **tiny_tokenizer_metadata()}
-    return model, write_gguf(tmp_path / "k.gguf", meta, tensors), used
+    return model, write_gguf(tmp_path / "k.gguf", meta, tensors, arch=arch), used
 
 
 MIXES = {
@@ -104,10 +107,10 @@ MIXES = {
 }
 
 
-@pytest.mark.parametrize("mix", list(MIXES))
-def test_kquant_gguf_logits_equal_dense_reference(tmp_path, mix):
+@pytest.mark.parametrize("mix,arch", [(m, "llama") for m in MIXES] + [("Q4_K_M", "qwen2")])
+def test_kquant_gguf_logits_equal_dense_reference(tmp_path, mix, arch):
     loader = pytest.importorskip("mlx_synapse.loader")
-    model, path, used = kquant_llama(tmp_path, *MIXES[mix])
+    model, path, used = kquant_llama(tmp_path, *MIXES[mix], arch=arch)
     lines = []
     out = convert_gguf(path, tmp_path / "out", dtype="float32", progress=False, log=lines.append)
     config = json.loads((out / "config.json").read_text())
@@ -117,7 +120,7 @@ def test_kquant_gguf_logits_equal_dense_reference(tmp_path, mix):
     for name, n in used.items():
         outcome = "8-bit affine (group 32), blocks kept exactly" if name == "Q8_0" else "float32, dequantized"
         assert f"{name} -> {outcome} ({n} tensor{'s' if n > 1 else ''})" in lines
-    assert "F32 -> float32 (5 tensors)" in lines  # the norms
+    assert f"F32 -> float32 ({5 if arch == 'llama' else 11} tensors)" in lines  # norms (and qwen2's biases)
     if not native:  # dequantized matrices are exactly the reference values
         ref = model.state_dict()["model.layers.1.mlp.down_proj.weight"].numpy()
         np.testing.assert_array_equal(np.array(w["model.layers.1.mlp.down_proj.weight"]), ref)
@@ -249,3 +252,29 @@ def test_numpy_backend_loads_a_kquant_gguf(tmp_path, monkeypatch, capfd):
     got = np_model(np.array(IDS))
     # The cache stores float16: the error is float16 rounding of the weights, not decoding.
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-2 * np.abs(ref).max())
+
+
+def test_unknown_type_id_and_float16_overflow_are_named(tmp_path):
+    import struct
+
+    _, path, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
+    data = bytearray(path.read_bytes())
+    name = b"blk.1.ffn_up.weight"
+    pos = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    (n_dims,) = struct.unpack_from("<I", data, pos)
+    struct.pack_into("<I", data, pos + 4 + 8 * n_dims, 99)  # the tensor's ggml type id
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"unsupported GGUF tensor type\(s\): blk.1.ffn_up.weight \(TYPE_99\)"):
+        convert_gguf(bad, tmp_path / "o1", progress=False)
+    # A Q4_K block whose scale is fp16's largest value decodes beyond float16: refused by name, not inf.
+    rng = np.random.default_rng(0)
+    big = random_blocks(rng, 2, 256, Q.Q4_K)
+    big[0, 0:2] = np.array([60000.0], np.float16).view(np.uint8)
+    p = write_gguf(tmp_path / "big.gguf", {**llama_metadata(hidden=256, heads=4, kv_heads=2, layers=1, ff=256),
+                                           **tiny_tokenizer_metadata()}, [("blk.0.ffn_up.weight", big, Q.Q4_K)])
+    with pytest.raises(ValueError, match=r"'blk.0.ffn_up.weight' \(Q4_K\) holds values up to .* --dtype bfloat16"):
+        convert_gguf(p, tmp_path / "o2", progress=False)
+    out = convert_gguf(p, tmp_path / "o3", dtype="float32", progress=False)
+    w = mx.load(str(out / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
+    np.testing.assert_array_equal(np.array(w), gguf.quants.dequantize(big, Q.Q4_K))

@@ -3,10 +3,12 @@
 ``convert_gguf`` turns a llama/qwen2 GGUF into ``config.json`` +
 ``model.safetensors`` + tokenizer files that load in mlx-lm and in
 ``mlx_synapse.loader``. Q4_0/Q4_1/Q8_0 tensors stay quantized: they map
-exactly onto MLX's affine format with group size 32 (``gguf_blocks``). K-quants
-(Q2_K..Q6_K, Q8_K), IQ4_NL/IQ4_XS and Q5_0/Q5_1 have no exact MLX equivalent:
-they are dequantized bit-exactly (``gguf_kquants``) and written as floats, or
-re-quantized to MLX affine blocks on request. A llama3 ``rope_freqs`` tensor
+exactly onto MLX's affine format with group size 32 (``gguf_blocks``), and so do
+Q4_K (4 bit) and Q3_K, Q5_K, Q5_0, Q5_1, Q8_K, IQ4_NL, IQ4_XS (8-bit codes):
+per run of 32 weights they are ``scale * code + bias`` (``gguf_kquants.affine_triple``;
+scales exact in float32, rounded in float16/bfloat16). Q2_K and Q6_K are not, and are
+dequantized bit-exactly (``gguf_kquants``) and written as floats, or re-quantized to
+MLX affine blocks on request (``quantize``). A llama3 ``rope_freqs`` tensor
 becomes the equivalent Hugging Face ``rope_scaling``. The container
 itself is parsed by ``gguf_reader`` (``read_gguf`` and its types are re-exported here).
 Everything here needs NumPy only, so the NumPy backend imports GGUFs without MLX.
@@ -35,7 +37,7 @@ from ..kernels.affine import check_params, dequantize_numpy, quantize_numpy
 from ..models.config_check import check_config
 from ..models.rope import rope_inv_freq
 from . import gguf_kquants
-from .gguf_blocks import f32_to_bf16_bits, float_tensor, quant_triple, read_raw
+from .gguf_blocks import bf16_bits_to_f32, f32_to_bf16_bits, float_tensor, quant_triple, read_raw
 from .save import BF16, save_model_dir
 
 _FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -303,16 +305,40 @@ def _cast(x: np.ndarray, dtype: str):
     return x.astype(dtype)
 
 
+def _rounding(x: np.ndarray, dtype: str) -> float:
+    """Largest relative change of ``x`` (float32) when stored in ``dtype`` (0.0: exact)."""
+    if dtype == "float32" or not x.size:
+        return 0.0
+    if dtype == "bfloat16":
+        back = bf16_bits_to_f32(f32_to_bf16_bits(x))
+    else:
+        with np.errstate(over="ignore"):  # beyond float16: inf, reported as an infinite error
+            back = x.astype(np.float16).astype(np.float32)
+    nz = x != 0
+    return float(np.max(np.abs(back[nz] - x[nz]) / np.abs(x[nz]), initial=0.0))
+
+
+# Affine forms whose float32 product scale * code may round (the float decoding does not).
+_LAST_BIT = ("IQ4_XS", "Q8_K")
 _DTYPES = ("float16", "bfloat16", "float32")
 _F16_MAX = 65504.0
 
 
 def _summary(actions: dict) -> list:
-    """One line per (source type, outcome): ``Q4_K -> float16, dequantized (7 tensors)``."""
+    """One line per (source type, outcome): ``Q4_K -> float16, dequantized (7 tensors)``.
+
+    ``actions`` maps (type, outcome) to (tensor count, largest relative rounding or 0).
+    """
     lines = []
-    for (src, outcome), n in sorted(actions.items()):
-        lines.append(f"{src} -> {outcome} ({n} tensor{'s' if n != 1 else ''})")
+    for (src, outcome), (n, err) in sorted(actions.items()):
+        note = f" (relative error <= {err:.1e})" if err else ""
+        lines.append(f"{src} -> {outcome}{note} ({n} tensor{'s' if n != 1 else ''})")
     return lines
+
+
+def _count_action(actions: dict, key: tuple, err: float = 0.0) -> None:
+    n, worst = actions.get(key, (0, 0.0))
+    actions[key] = (n + 1, max(worst, err))
 
 
 def convert_gguf(
@@ -329,12 +355,12 @@ def convert_gguf(
 ) -> Path:
     """Convert a llama/qwen2 GGUF file into an mlx-lm model directory.
 
-    Q4_0/Q4_1 (4 bit) and Q8_0 (8 bit) tensors stay quantized as MLX affine
-    triples (weight, scales, biases; group size 32) unless ``dequantize``.
-    K-quant, IQ4 and Q5 tensors are dequantized exactly to float32 and written
-    in ``dtype``, or, with ``quantize``, every float matrix (dequantized or
-    F16/F32/BF16 in the file) is affine-quantized to ``q_bits`` with groups of
-    ``q_group_size``. llama's q/k rows are un-permuted back to Hugging Face
+    Q4_0/Q4_1/Q4_K (4 bit) and Q8_0/Q3_K/Q5_K/Q5_0/Q5_1/Q8_K/IQ4_NL/IQ4_XS
+    (8-bit codes) matrices stay quantized as MLX affine triples (weight,
+    scales, biases; group size 32) unless ``dequantize``. Q2_K and Q6_K
+    tensors are dequantized exactly to float32 and written in ``dtype``, or,
+    with ``quantize``, every float matrix (dequantized or F16/F32/BF16 in the
+    file) is affine-quantized to ``q_bits`` with groups of ``q_group_size``. llama's q/k rows are un-permuted back to Hugging Face
     order; a llama3 ``rope_freqs`` table becomes ``rope_scaling``.
 
     Args:
@@ -413,17 +439,36 @@ def convert_gguf(
         start = info.data_offset + t.offset
         # Only Linear/Embedding weights can be packed; norms and biases stay float.
         is_matrix = name.endswith(".weight") and len(t.shape) == 2 and not module.endswith(_NORMS)
-        if t.type_name in _QUANT_BITS and is_matrix and not dequantize:
-            bits = _QUANT_BITS[t.type_name]
-            triple = quant_triple(info.path, start, t.type_name, t.shape)
+        if (t.type_name in _QUANT_BITS or t.type_name in gguf_kquants.AFFINE_BITS) and is_matrix \
+                and not dequantize:
+            rounding = 0.0
+            if t.type_name in _QUANT_BITS:
+                bits = _QUANT_BITS[t.type_name]
+                triple = quant_triple(info.path, start, t.type_name, t.shape)
+                outcome = "blocks kept exactly"  # fp16 scales; biases exact multiples of them
+            else:
+                bits = gguf_kquants.AFFINE_BITS[t.type_name]
+                raw = read_raw(info.path, start, t.nbytes, np.uint8)
+                triple = gguf_kquants.affine_triple(raw, t.type_name, t.shape, name=t.name)
+                rounding = max(_rounding(triple[1], dtype), _rounding(triple[2], dtype))
+                if not math.isfinite(rounding):
+                    raise ValueError(
+                        f"{info.path}: tensor {t.name!r} ({t.type_name}) has block scales beyond {dtype}'s "
+                        "range; convert with --dtype float32."
+                    )
+                if rounding:
+                    outcome = f"blocks kept, scales rounded to {dtype}"
+                elif t.type_name in _LAST_BIT:
+                    outcome = "blocks kept (float32 rounding only)"
+                else:
+                    outcome = "blocks kept exactly"
             if n_head:
                 triple = [unpermute_rows(a, n_head) for a in triple]
             weights[name] = triple[0]
             weights[module + ".scales"] = _cast(triple[1], dtype)
             weights[module + ".biases"] = _cast(triple[2], dtype)
             module_quant[module] = (bits, _GROUP_SIZE)
-            outcome = f"{bits}-bit affine (group {_GROUP_SIZE}), blocks kept exactly"
-            actions[(t.type_name, outcome)] = actions.get((t.type_name, outcome), 0) + 1
+            _count_action(actions, (t.type_name, f"{bits}-bit affine (group {_GROUP_SIZE}), {outcome}"), rounding)
             continue
         if t.type_name in _FLOAT_TYPES:
             w, how = float_tensor(info.path, start, t.type_name, t.shape), ""
@@ -455,7 +500,7 @@ def convert_gguf(
             outcome = f"{dtype}{how}"
             if quantize and is_matrix:
                 outcome += f", kept float (rows of {t.shape[0]} not a multiple of {q_group_size})"
-        actions[(t.type_name, outcome)] = actions.get((t.type_name, outcome), 0) + 1
+        _count_action(actions, (t.type_name, outcome))
 
     if module_quant:
         counts: dict = {}

@@ -164,6 +164,21 @@ TYPES = tuple(_DECODERS)
 _CHUNK_BLOCKS = 1 << 14  # decode 4M elements at a time: bounded temporaries on big matrices
 
 
+def _blocks(raw: np.ndarray, type_name: str, shape: tuple, name: str) -> np.ndarray:
+    """``raw`` as ``(n_blocks, block_bytes)`` after checking it against ``shape``."""
+    block, size = BLOCKS[type_name]
+    if not shape or shape[0] % block:
+        raise ValueError(f"tensor {name!r} of type {type_name} has row length {shape[0] if shape else 0}, "
+                         f"not a multiple of its block size {block}; the file is corrupt.")
+    n_blocks = math.prod(shape) // block
+    raw = np.asarray(raw).reshape(-1).view(np.uint8)
+    if raw.size != n_blocks * size:
+        raise ValueError(f"tensor {name!r} of type {type_name} with shape {list(shape)} needs "
+                         f"{n_blocks * size} bytes ({n_blocks} blocks of {size}) but has {raw.size}; "
+                         "the file is truncated or corrupt — re-download it.")
+    return raw.reshape(n_blocks, size)
+
+
 def dequantize(raw: np.ndarray, type_name: str, shape: tuple, name: str = "tensor") -> np.ndarray:
     """Raw GGML blocks of one tensor -> float32 in NumPy order.
 
@@ -183,17 +198,9 @@ def dequantize(raw: np.ndarray, type_name: str, shape: tuple, name: str = "tenso
     if type_name not in _DECODERS:
         raise ValueError(f"tensor {name!r}: GGML type {type_name} cannot be dequantized; "
                          f"supported: {', '.join(TYPES)}.")
-    block, size = BLOCKS[type_name]
-    if not shape or shape[0] % block:
-        raise ValueError(f"tensor {name!r} of type {type_name} has row length {shape[0] if shape else 0}, "
-                         f"not a multiple of its block size {block}; the file is corrupt.")
-    n_blocks = math.prod(shape) // block
-    raw = np.asarray(raw).reshape(-1).view(np.uint8)
-    if raw.size != n_blocks * size:
-        raise ValueError(f"tensor {name!r} of type {type_name} with shape {list(shape)} needs "
-                         f"{n_blocks * size} bytes ({n_blocks} blocks of {size}) but has {raw.size}; "
-                         "the file is truncated or corrupt — re-download it.")
-    blocks = raw.reshape(n_blocks, size)
+    block = BLOCKS[type_name][0]
+    blocks = _blocks(raw, type_name, shape, name)
+    n_blocks = blocks.shape[0]
     decode = _DECODERS[type_name]
     if n_blocks <= _CHUNK_BLOCKS:
         return decode(blocks).reshape(tuple(reversed(shape)))
@@ -201,3 +208,109 @@ def dequantize(raw: np.ndarray, type_name: str, shape: tuple, name: str = "tenso
     for i in range(0, n_blocks, _CHUNK_BLOCKS):
         out[i:i + _CHUNK_BLOCKS] = decode(blocks[i:i + _CHUNK_BLOCKS]).reshape(-1, block)
     return out.reshape(tuple(reversed(shape)))
+
+
+# ----------------------------------------------------------------------------- exact MLX affine form
+#
+# Several of these types are affine per run of 32 weights, w = scale * code + bias, with
+# integer codes: they map onto MLX's affine format (group size 32) and keep their blocks.
+# Q4_K codes fit 4 bits; the others need MLX's 8 bits (still half of float16, and the
+# NumPy backend's C engine runs both). float32 scales and biases reproduce the float
+# dequantization exactly for Q4_K, Q5_K, Q3_K, Q5_0, Q5_1 and IQ4_NL (every product is
+# exact in float32); IQ4_XS and Q8_K may differ from it in the last bit of float32.
+# Q2_K and Q6_K are not: two different mins (Q2_K) or a 13-bit code range (Q6_K) share a
+# run of 32. Each ``_aff_*`` returns (codes uint8 (n, elems), scales f32 (n, elems / 32),
+# biases f32 (n, elems / 32)).
+
+AFFINE_BITS = {"Q4_K": 4, "Q5_K": 8, "Q3_K": 8, "Q5_0": 8, "Q5_1": 8, "Q8_K": 8, "IQ4_NL": 8, "IQ4_XS": 8}
+AFFINE_GROUP = 32
+
+
+def _aff_q4_k(raw):
+    n = raw.shape[0]
+    sc, m = _k4_scales_mins(raw[:, 4:16])
+    codes = _nibbles(raw[:, 16:144].reshape(n, 4, 32)).reshape(n, 256)
+    return codes, _half(raw, 0) * sc, -(_half(raw, 2) * m)
+
+
+def _aff_q5_k(raw):
+    n = raw.shape[0]
+    sc, m = _k4_scales_mins(raw[:, 4:16])
+    high = _bits(raw[:, 16:48].reshape(n, 1, 32), range(8), 1)
+    codes = (_nibbles(raw[:, 48:176].reshape(n, 4, 32)).reshape(n, 8, 32) | (high << 4)).reshape(n, 256)
+    return codes, _half(raw, 0) * sc, -(_half(raw, 2) * m)
+
+
+def _aff_q3_k(raw):
+    # w = d * s * q with s in -32..31, q in -4..3: codes 128 - s q in 0..252, scale -d, bias 128 d.
+    n = raw.shape[0]
+    d = _half(raw, 108)
+    s = raw[:, 96:108]
+    scales = (_nibbles(s[:, 0:8]) | (_bits(s[:, 8:12].reshape(n, 1, 4), (0, 2, 4, 6), 3).reshape(n, 16) << 4))
+    sq = scales.view(np.int8).astype(np.int16) - 32  # (n, 16)
+    q = _bits(raw[:, 32:96].reshape(n * 2, 1, 32), (0, 2, 4, 6), 3).reshape(n, 8, 32)
+    h = _bits(raw[:, 0:32].reshape(n, 1, 32), range(8), 1)
+    q = q.astype(np.int16) - ((h ^ 1).astype(np.int16) << 2)
+    codes = (128 - sq[:, :, None] * q.reshape(n, 16, 16)).astype(np.uint8).reshape(n, 256)
+    return codes, np.repeat(-d, 8, axis=1), np.repeat(d * 128, 8, axis=1)
+
+
+def _aff_q5_0(raw):
+    d = _half(raw, 0)
+    return _q5_codes(raw, 2).astype(np.uint8), d, d * -16
+
+
+def _aff_q5_1(raw):
+    return _q5_codes(raw, 4).astype(np.uint8), _half(raw, 0), _half(raw, 2)
+
+
+def _aff_q8_k(raw):
+    d = raw[:, 0:4].copy().view("<f4")
+    codes = (raw[:, 4:260].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    return codes, np.repeat(d, 8, axis=1), np.repeat(d * -128, 8, axis=1)
+
+
+_IQ4_CODES = (IQ4_VALUES.astype(np.int16) + 128).astype(np.uint8)  # 1..241
+
+
+def _aff_iq4_nl(raw):
+    d = _half(raw, 0)
+    return _IQ4_CODES[_nibbles(raw[:, 2:18])], d, d * -128
+
+
+def _aff_iq4_xs(raw):
+    n = raw.shape[0]
+    d = _half(raw, 0)
+    sh = raw[:, 2:4].copy().view("<u2")
+    low = ((raw[:, 4:8, None] >> np.array([0, 4], np.uint8)) & 0x0F).reshape(n, 8)
+    high = (sh >> (2 * np.arange(8, dtype=np.uint16))) & 3
+    dl = d * ((low.astype(np.int16) | (high.astype(np.int16) << 4)) - 32).astype(np.float32)
+    return _IQ4_CODES[_nibbles(raw[:, 8:136].reshape(n, 8, 16))].reshape(n, 256), dl, dl * -128
+
+
+_AFFINE = {"Q4_K": _aff_q4_k, "Q5_K": _aff_q5_k, "Q3_K": _aff_q3_k, "Q5_0": _aff_q5_0, "Q5_1": _aff_q5_1,
+           "Q8_K": _aff_q8_k, "IQ4_NL": _aff_iq4_nl, "IQ4_XS": _aff_iq4_xs}
+
+
+def affine_triple(raw: np.ndarray, type_name: str, shape: tuple, name: str = "tensor"):
+    """A type of ``AFFINE_BITS`` as MLX affine ``(codes uint32, scales f32, biases f32)``, group 32.
+
+    Shapes (NumPy order, ``rows`` = ``reversed(shape[1:])``): codes ``(*rows, row_len * bits / 32)``,
+    scales and biases ``(*rows, row_len / 32)``. ``mx.dequantize`` of the triple (float32
+    scales) equals :func:`dequantize` (see the note above for IQ4_XS and Q8_K).
+
+    Raises:
+        ValueError: as :func:`dequantize`, or a type without an exact affine form.
+    """
+    if type_name not in _AFFINE:
+        raise ValueError(f"tensor {name!r}: GGML type {type_name} has no exact MLX affine form; "
+                         f"those that do: {', '.join(_AFFINE)}.")
+    codes, scales, biases = _AFFINE[type_name](_blocks(raw, type_name, shape, name))
+    rows = tuple(reversed(shape[1:]))
+    codes = codes.reshape(-1, shape[0])
+    if AFFINE_BITS[type_name] == 4:  # MLX: two codes a byte, low nibble first
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    words = np.ascontiguousarray(codes, dtype=np.uint8).view("<u4").astype(np.uint32)
+    groups = shape[0] // AFFINE_GROUP
+    return (words.reshape(*rows, -1), scales.astype(np.float32).reshape(*rows, groups),
+            biases.astype(np.float32).reshape(*rows, groups))

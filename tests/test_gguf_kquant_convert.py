@@ -73,12 +73,15 @@ def kquant_llama(tmp_path, types: dict, default: Q, seed: int = 0, arch: str = "
 
     ``types`` maps a part of a GGUF name (``ffn_down``, ``output``) to a type. The HF model holds the
     reference (``gguf.quants``) dequantization of the same blocks, so logits must match.
+
+    Returns:
+        ``(model, gguf path, {type: tensor count}, {HF matrix name: type})``.
     """
     model = hf_model(arch, bias_std=0.5,
                      **dict(TINY, hidden_size=256, intermediate_size=512, tie_word_embeddings=False))
     c = model.config
     rng = np.random.default_rng(seed)
-    tensors, used = [], {}
+    tensors, used, kinds = [], {}, {}
     state = model.state_dict()
     permute = arch == "llama"  # llama.cpp interleaves q/k rows for llama only
     for gname, raw, qtype in hf_state_to_gguf_tensors(state, c.num_attention_heads, c.num_key_value_heads, Q.F32,
@@ -91,11 +94,12 @@ def kquant_llama(tmp_path, types: dict, default: Q, seed: int = 0, arch: str = "
                 hf = _from_gguf_rows(ref, gname, c.num_attention_heads, c.num_key_value_heads) if permute else ref
                 state[hf_tensor_name(gname)].copy_(torch.from_numpy(hf))
             used[qtype.name] = used.get(qtype.name, 0) + 1
+            kinds[hf_tensor_name(gname)] = qtype.name
         tensors.append((gname, raw, qtype))
     meta = {**llama_metadata(hidden=256, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
                              layers=c.num_hidden_layers, ff=512, ctx=c.max_position_embeddings, arch=arch),
             **tiny_tokenizer_metadata()}
-    return model, write_gguf(tmp_path / "k.gguf", meta, tensors, arch=arch), used
+    return model, write_gguf(tmp_path / "k.gguf", meta, tensors, arch=arch), used, kinds
 
 
 MIXES = {
@@ -107,23 +111,42 @@ MIXES = {
 }
 
 
+PACKED_BITS = {"Q4_K": 4, "Q3_K": 8, "Q5_K": 8, "Q5_0": 8, "Q5_1": 8, "Q8_K": 8, "IQ4_NL": 8, "IQ4_XS": 8,
+               "Q8_0": 8}
+
+
 @pytest.mark.parametrize("mix,arch", [(m, "llama") for m in MIXES] + [("Q4_K_M", "qwen2")])
 def test_kquant_gguf_logits_equal_dense_reference(tmp_path, mix, arch):
     loader = pytest.importorskip("mlx_synapse.loader")
-    model, path, used = kquant_llama(tmp_path, *MIXES[mix], arch=arch)
+    model, path, used, kinds = kquant_llama(tmp_path, *MIXES[mix], arch=arch)
     lines = []
     out = convert_gguf(path, tmp_path / "out", dtype="float32", progress=False, log=lines.append)
     config = json.loads((out / "config.json").read_text())
     w = mx.load(str(out / "model.safetensors"))
-    native = "Q8_0" in used
-    assert ("quantization" in config) == native  # only Q8_0 keeps its blocks
+    state = model.state_dict()
     for name, n in used.items():
-        outcome = "8-bit affine (group 32), blocks kept exactly" if name == "Q8_0" else "float32, dequantized"
+        if name in PACKED_BITS:  # blocks kept: an MLX affine triple, group 32
+            last_bit = " (float32 rounding only)" if name in ("IQ4_XS", "Q8_K") else " exactly"
+            outcome = f"{PACKED_BITS[name]}-bit affine (group 32), blocks kept{last_bit}"
+        else:
+            outcome = "float32, dequantized"
         assert f"{name} -> {outcome} ({n} tensor{'s' if n > 1 else ''})" in lines
     assert f"F32 -> float32 ({5 if arch == 'llama' else 11} tensors)" in lines  # norms (and qwen2's biases)
-    if not native:  # dequantized matrices are exactly the reference values
-        ref = model.state_dict()["model.layers.1.mlp.down_proj.weight"].numpy()
-        np.testing.assert_array_equal(np.array(w["model.layers.1.mlp.down_proj.weight"]), ref)
+    assert ("quantization" in config) == any(t in PACKED_BITS for t in used)
+    # Every matrix holds exactly the reference values, packed or not (Q8_K/IQ4_XS: to float32 rounding).
+    for hf_name, ref in state.items():
+        if ref.ndim != 2 or (hf_name == "lm_head.weight" and config["tie_word_embeddings"]):
+            continue
+        module = hf_name[: -len(".weight")]
+        if module + ".scales" in w:
+            q = config["quantization"].get(module, config["quantization"])
+            got = np.array(mx.dequantize(w[hf_name], w[module + ".scales"], w[module + ".biases"],
+                                         group_size=q["group_size"], bits=q["bits"]))
+        else:
+            got = np.array(w[hf_name])
+        # An affine IQ4_XS/Q8_K weight is scale * code + bias: float32 rounding of the product.
+        atol = 2**-20 * np.abs(ref.numpy()).max() if kinds[hf_name] in ("IQ4_XS", "Q8_K") else 0
+        np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=atol, err_msg=hf_name)
     ours, _ = loader.load_model(out)
     got = np.array(ours(mx.array(IDS)[None]))[0]
     ref = hf_logits(model, IDS)
@@ -133,25 +156,25 @@ def test_kquant_gguf_logits_equal_dense_reference(tmp_path, mix, arch):
 
 def test_kquant_requantize_option(tmp_path):
     loader = pytest.importorskip("mlx_synapse.loader")
-    model, path, _ = kquant_llama(tmp_path, *MIXES["IQ4_XS+IQ4_NL+Q8_K+Q5_0/1+Q8_0"])
+    model, path, _, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
     lines = []
     out = convert_gguf(path, tmp_path / "q", quantize=True, q_bits=8, q_group_size=64, dtype="float32",
                        progress=False, log=lines.append)
     quant = json.loads((out / "config.json").read_text())["quantization"]
-    # 13 re-quantized matrices (8 bit, group 64) make the default; the Q8_0 embedding keeps group 32.
-    assert (quant["bits"], quant["group_size"]) == (8, 64)
-    assert quant["model.embed_tokens"] == {"group_size": 32, "bits": 8, "mode": "affine"}
-    assert "IQ4_XS -> 8-bit affine (group 64), dequantized, re-quantized (8 tensors)" in lines
-    w = mx.load(str(out / "model.safetensors"))
-    assert w["model.layers.0.mlp.up_proj.weight"].dtype == mx.uint32
+    # 11 Q4_K matrices keep their blocks (4 bit, group 32, the default); the 5 Q6_K ones are re-quantized.
+    assert (quant["bits"], quant["group_size"]) == (4, 32)
+    assert quant["model.layers.0.mlp.down_proj"] == {"group_size": 64, "bits": 8, "mode": "affine"}
+    assert "Q6_K -> 8-bit affine (group 64), dequantized, re-quantized (5 tensors)" in lines
+    assert "Q4_K -> 4-bit affine (group 32), blocks kept exactly (11 tensors)" in lines
     ours, _ = loader.load_model(out)
     got = np.array(ours(mx.array(IDS)[None]))[0]
     before = hf_logits(model, IDS)
-    # Exact reference: the HF model with every matrix but the Q8_0 embedding round-tripped through
-    # the same 8-bit, group-64 affine grid (rows move whole under the q/k permutation).
+    # Exact reference: the HF model with the Q6_K matrices round-tripped through the same 8-bit,
+    # group-64 affine grid (rows move whole under the q/k permutation).
+    q6k = ("model.embed_tokens.weight", "self_attn.v_proj.weight", "mlp.down_proj.weight")
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 2 and name != "model.embed_tokens.weight":
+            if p.ndim == 2 and name.endswith(q6k):
                 p.copy_(torch.from_numpy(dequantize_numpy(*quantize_numpy(p.numpy(), 64, 8), 64, 8)))
     ref = hf_logits(model, IDS)
     assert np.abs(ref - before).max() > 1e-3  # the re-quantization is visible ...
@@ -161,10 +184,14 @@ def test_kquant_requantize_option(tmp_path):
 
 
 def test_cli_names_each_source_type(tmp_path, capsys):
-    _, path, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
+    _, path, _, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
     assert convert_main([str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "[convert] Q4_K -> float16, dequantized (11 tensors)" in out
+    # Q4_K keeps its blocks; their float32 scales d * sc round to float16 (<= 2**-11 relative).
+    line = next(x for x in out.splitlines() if x.startswith("[convert] Q4_K -> "))
+    assert line.startswith("[convert] Q4_K -> 4-bit affine (group 32), blocks kept, scales rounded to float16 "
+                           "(relative error <= ") and line.endswith(") (11 tensors)")
+    assert 0 < float(line.split("<= ")[1].split(")")[0]) <= 5e-4  # 2**-11, printed to 2 digits
     assert "[convert] Q6_K -> float16, dequantized (5 tensors)" in out
     assert "[convert] F32 -> float16 (5 tensors)" in out
     assert convert_main([str(path), "--out", str(tmp_path / "o2"), "-q", "--dequantize"]) == 2
@@ -175,7 +202,7 @@ def test_cli_names_each_source_type(tmp_path, capsys):
 
 
 def test_truncated_kquant_tensor_names_tensor_and_type(tmp_path):
-    _, path, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
+    _, path, _, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
     data = path.read_bytes()
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(data[:-300])  # cuts into the last tensor
@@ -242,22 +269,27 @@ def test_numpy_backend_loads_a_kquant_gguf(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MLX_SYNAPSE_CACHE", str(tmp_path / "cache"))
     from mlx_synapse.loader import load
 
-    model, path, _ = kquant_llama(tmp_path, *MIXES["Q5_K_M+Q3_K+Q2_K"])
+    model, path, _, _ = kquant_llama(tmp_path, *MIXES["Q5_K_M+Q3_K+Q2_K"])
     np_model, _ = load(str(path), backend="numpy", dtype="float32")
     err = capfd.readouterr().err
-    assert "[convert] Q5_K -> float16, dequantized (10 tensors)" in err
+    assert "[convert] Q5_K -> 8-bit affine (group 32), blocks kept, scales rounded to float16" in err
     assert "[convert] Q2_K -> float16, dequantized (2 tensors)" in err
     ref = hf_logits(model, IDS)
-    np_model.use_engine(False)  # float32 NumPy path on the float16-stored weights
-    got = np_model(np.array(IDS))
-    # The cache stores float16: the error is float16 rounding of the weights, not decoding.
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-2 * np.abs(ref).max())
+    # The compiled engine runs the kept blocks as 8-bit codes (Q2_K's attn_k stays float).
+    packed = np_model.weights.layers[0].packed
+    if packed is not None:
+        assert packed["gu"] is not None and packed["down"] is None  # Q5_K gate/up; Q6_K down -> float
+    for engine in (True, False):
+        np_model.use_engine(engine)
+        got = np.stack([np_model(np.array(IDS[: i + 1]))[-1] for i in (3, len(IDS) - 1)])
+        # The cache stores float16 scales and weights: float16 rounding, not decoding errors.
+        np.testing.assert_allclose(got, ref[[3, -1]], rtol=0, atol=1e-2 * np.abs(ref).max())
 
 
 def test_unknown_type_id_and_float16_overflow_are_named(tmp_path):
     import struct
 
-    _, path, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
+    _, path, _, _ = kquant_llama(tmp_path, *MIXES["Q4_K_M"])
     data = bytearray(path.read_bytes())
     name = b"blk.1.ffn_up.weight"
     pos = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
@@ -267,14 +299,22 @@ def test_unknown_type_id_and_float16_overflow_are_named(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"unsupported GGUF tensor type\(s\): blk.1.ffn_up.weight \(TYPE_99\)"):
         convert_gguf(bad, tmp_path / "o1", progress=False)
-    # A Q4_K block whose scale is fp16's largest value decodes beyond float16: refused by name, not inf.
+    # Blocks whose scale is fp16's largest value decode (Q6_K) or scale (Q4_K) beyond float16:
+    # refused by name, never written as inf.
     rng = np.random.default_rng(0)
-    big = random_blocks(rng, 2, 256, Q.Q4_K)
-    big[0, 0:2] = np.array([60000.0], np.float16).view(np.uint8)
-    p = write_gguf(tmp_path / "big.gguf", {**llama_metadata(hidden=256, heads=4, kv_heads=2, layers=1, ff=256),
-                                           **tiny_tokenizer_metadata()}, [("blk.0.ffn_up.weight", big, Q.Q4_K)])
-    with pytest.raises(ValueError, match=r"'blk.0.ffn_up.weight' \(Q4_K\) holds values up to .* --dtype bfloat16"):
-        convert_gguf(p, tmp_path / "o2", progress=False)
-    out = convert_gguf(p, tmp_path / "o3", dtype="float32", progress=False)
-    w = mx.load(str(out / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
-    np.testing.assert_array_equal(np.array(w), gguf.quants.dequantize(big, Q.Q4_K))
+    meta = {**llama_metadata(hidden=256, heads=4, kv_heads=2, layers=1, ff=256), **tiny_tokenizer_metadata()}
+    for qtype, at, msg in [(Q.Q6_K, 208, r"holds values up to .* --dtype bfloat16"),
+                           (Q.Q4_K, 0, r"has block scales beyond float16's range; convert with --dtype float32")]:
+        big = random_blocks(rng, 2, 256, qtype)
+        big[0, at:at + 2] = np.array([60000.0], np.float16).view(np.uint8)
+        p = write_gguf(tmp_path / f"big{qtype.name}.gguf", meta, [("blk.0.ffn_up.weight", big, qtype)])
+        with pytest.raises(ValueError, match=rf"'blk.0.ffn_up.weight' \({qtype.name}\) {msg}"):
+            convert_gguf(p, tmp_path / f"o{qtype.name}", progress=False)
+        out = convert_gguf(p, tmp_path / f"f{qtype.name}", dtype="float32", progress=False)
+        w = mx.load(str(out / "model.safetensors"))
+        if qtype == Q.Q4_K:
+            got = mx.dequantize(*(w[f"model.layers.0.mlp.up_proj.{k}"] for k in ("weight", "scales", "biases")),
+                                group_size=32, bits=4)
+        else:
+            got = w["model.layers.0.mlp.up_proj.weight"]
+        np.testing.assert_array_equal(np.array(got), gguf.quants.dequantize(big, qtype))

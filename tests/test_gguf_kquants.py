@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
-from mlx_synapse.convert.gguf_kquants import BLOCKS, TYPES, dequantize  # noqa: E402
+from mlx_synapse.convert.gguf_kquants import AFFINE_BITS, BLOCKS, TYPES, affine_triple, dequantize  # noqa: E402
+from mlx_synapse.kernels.affine import dequantize_numpy  # noqa: E402
 
 # Byte offsets of each type's fp16 super-block scales (Q8_K: one fp32 at 0).
 HALF_FIELDS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
@@ -122,3 +123,34 @@ def test_large_tensor_decoded_in_chunks_matches_reference():
     raw = raw.reshape(raw.shape[0] // 5, 5 * 18)  # rows of 160 elements
     got = dequantize(raw, "IQ4_NL", (160, raw.shape[0]))
     np.testing.assert_array_equal(_bits(got), _bits(gguf.quants.dequantize(raw, Q.IQ4_NL)))
+
+
+@pytest.mark.parametrize("type_name", list(AFFINE_BITS))
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_affine_form_equals_dequantization(type_name, data):
+    # MLX's scale * code + bias (float32 scales, group 32) gives the decoder's values: exactly
+    # (up to the sign of zero) where every product is exact in float32, else to the last bit.
+    raw, shape = data.draw(raw_tensors(type_name))
+    w, scales, biases = affine_triple(raw, type_name, shape, name="t")
+    bits = AFFINE_BITS[type_name]
+    assert w.dtype == np.uint32 and w.shape == (shape[1], shape[0] * bits // 32)
+    assert scales.shape == biases.shape == (shape[1], shape[0] // 32) and scales.dtype == np.float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = dequantize_numpy(w, scales, biases, group_size=32, bits=bits)
+    ref = dequantize(raw, type_name, shape)
+    if type_name in ("IQ4_XS", "Q8_K"):
+        # scale * (v + 128) - 128 scale: two float32 roundings of the group's scale magnitude.
+        tol = 2 * np.spacing(np.abs(scales).astype(np.float32) * 256)
+        err = np.abs(got - ref).reshape(shape[1], -1, 32)
+        ok = np.isfinite(ref).reshape(err.shape)
+        assert np.all((err <= tol[:, :, None]) | ~ok)
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_affine_form_refuses_q2_k_and_q6_k():
+    with pytest.raises(ValueError, match=r"tensor 'w': GGML type Q6_K has no exact MLX affine form; those that do"):
+        affine_triple(np.zeros(210, np.uint8), "Q6_K", (256,), name="w")
+    with pytest.raises(ValueError, match=r"'w' of type Q4_K with shape \[256, 2\] needs 288 bytes"):
+        affine_triple(np.zeros(200, np.uint8), "Q4_K", (256, 2), name="w")

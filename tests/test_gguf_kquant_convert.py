@@ -152,6 +152,11 @@ def test_kquant_gguf_logits_equal_dense_reference(tmp_path, mix, arch):
     ref = hf_logits(model, IDS)
     assert np.isfinite(ref).all() and np.abs(ref).max() > 0.5  # non-trivial logits
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-4 * np.abs(ref).max())
+    if mix == "Q4_K_M" and arch == "llama":  # the directory (4-bit Q4_K blocks, float Q6_K) loads in mlx-lm
+        mlx_lm_utils = pytest.importorskip("mlx_lm.utils")
+        theirs, _ = mlx_lm_utils.load_model(out)
+        np.testing.assert_allclose(np.array(theirs(mx.array(IDS)[None]))[0], got, rtol=0,
+                                   atol=2e-4 * np.abs(ref).max())
 
 
 def test_kquant_requantize_option(tmp_path):

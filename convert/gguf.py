@@ -267,6 +267,45 @@ def llama3_scaling_from_rope_freqs(freqs: np.ndarray, head_dim: int, theta: floa
     )
 
 
+def _expected_shapes(config: dict) -> dict:
+    """GGUF-order shapes (row length first) of each per-layer tensor kind and global tensor."""
+    h, i = config["hidden_size"], config["intermediate_size"]
+    q, kv = config["num_attention_heads"] * config["head_dim"], config["num_key_value_heads"] * config["head_dim"]
+    return {
+        "token_embd.weight": (h, config["vocab_size"]), "output.weight": (h, config["vocab_size"]),
+        "output_norm.weight": (h,), "attn_norm.weight": (h,), "ffn_norm.weight": (h,),
+        "attn_q.weight": (h, q), "attn_k.weight": (h, kv), "attn_v.weight": (h, kv), "attn_output.weight": (q, h),
+        "attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,), "attn_output.bias": (h,),
+        "ffn_gate.weight": (h, i), "ffn_up.weight": (h, i), "ffn_down.weight": (i, h),
+        "ffn_gate.bias": (i,), "ffn_up.bias": (i,), "ffn_down.bias": (h,),
+    }
+
+
+def _check_shapes(info: GGUFInfo, config: dict) -> None:
+    """Every tensor's shape and layer index against the metadata, before anything is written."""
+    want = _expected_shapes(config)
+    layers = config["num_hidden_layers"]
+    for t in info.tensors:
+        if t.name == ROPE_FREQS:
+            continue
+        parts = t.name.split(".")
+        if parts[0] == "blk":
+            if int(parts[1]) >= layers:
+                raise ValueError(f"{info.path}: tensor {t.name!r} ({t.type_name}) belongs to layer {parts[1]} "
+                                 f"but the metadata has {layers} layers; the file is corrupt.")
+            key = ".".join(parts[2:])
+        else:
+            key = t.name
+        if key in want and tuple(t.shape) != want[key]:
+            raise ValueError(
+                f"{info.path}: tensor {t.name!r} ({t.type_name}) has shape {list(t.shape)} but the metadata "
+                f"(hidden {config['hidden_size']}, {config['num_attention_heads']} heads / "
+                f"{config['num_key_value_heads']} kv heads of {config['head_dim']}, feed-forward "
+                f"{config['intermediate_size']}, vocab {config['vocab_size']}) needs {list(want[key])}; "
+                "the file is corrupt — re-download or re-export it."
+            )
+
+
 def _check_convertible(info: GGUFInfo) -> str:
     """Validate architecture, tensor types and names before any heavy work."""
     arch = info.metadata.get("general.architecture")
@@ -419,6 +458,7 @@ def convert_gguf(
                 f"factors {scaling['low_freq_factor']:g}/{scaling['high_freq_factor']:g}, original context "
                 f"{scaling['original_max_position_embeddings']:g})")
     check_config(config, f"{info.path} (as config.json)")  # e.g. kv heads not dividing heads
+    _check_shapes(info, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if "tokenizer.ggml.model" in info.metadata:

@@ -27,18 +27,21 @@ def _tiny_llama_gguf(path, tensors, **kw):
     return write_gguf(path, meta, tensors, **kw)
 
 
+ODD_FF = {"llama.feed_forward_length": 33}  # shapes must match the metadata: 33 gate/up rows
+
+
 def _quant_specs(rng):
-    # Odd row counts (3, 7, 33) with rows of 32-multiples; v/ffn are never permuted.
-    specs = [("blk.0.attn_v.weight", Q.Q4_0, (3, 64)), ("blk.0.ffn_gate.weight", Q.Q4_1, (7, 32)),
-             ("blk.0.ffn_up.weight", Q.Q8_0, (33, 96)), ("blk.0.ffn_down.weight", Q.F16, (5, 64)),
-             ("blk.0.attn_output.weight", Q.BF16, (3, 8)), ("blk.0.attn_norm.weight", Q.F32, (64,)),
-             ("blk.0.ffn_norm.weight", Q.Q4_1, (32,))]
+    # An odd row count (33) with rows of 32-multiples; v/ffn are never permuted.
+    specs = [("blk.0.attn_v.weight", Q.Q4_0, (32, 64)), ("blk.0.ffn_gate.weight", Q.Q4_1, (33, 64)),
+             ("blk.0.ffn_up.weight", Q.Q8_0, (33, 64)), ("blk.0.ffn_down.weight", Q.F16, (64, 33)),
+             ("blk.0.attn_output.weight", Q.BF16, (64, 64)), ("blk.0.attn_norm.weight", Q.F32, (64,)),
+             ("blk.0.ffn_norm.weight", Q.Q4_1, (64,))]
     return [(n, encode_tensor(rng.standard_normal(s).astype(np.float32) * 3, q), q) for n, q, s in specs]
 
 
 def test_quantized_tensors_match_gguf_dequantize(tmp_path):
     tensors = _quant_specs(np.random.default_rng(0))
-    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors)
+    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors, extra_meta=ODD_FF)
     out = convert_gguf(path, tmp_path / "out", progress=False)
     w = mx.load(str(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
@@ -65,7 +68,7 @@ def test_quantized_tensors_match_gguf_dequantize(tmp_path):
 
 def test_dequantize_option_float32_is_exact(tmp_path):
     tensors = _quant_specs(np.random.default_rng(1))
-    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors)
+    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors, extra_meta=ODD_FF)
     out = convert_gguf(path, tmp_path / "out", dequantize=True, dtype="float32", progress=False)
     w = mx.load(str(out / "model.safetensors"))
     assert "quantization" not in json.loads((out / "config.json").read_text())

@@ -307,7 +307,7 @@ def test_unknown_type_id_and_float16_overflow_are_named(tmp_path):
     # Blocks whose scale is fp16's largest value decode (Q6_K) or scale (Q4_K) beyond float16:
     # refused by name, never written as inf.
     rng = np.random.default_rng(0)
-    meta = {**llama_metadata(hidden=256, heads=4, kv_heads=2, layers=1, ff=256), **tiny_tokenizer_metadata()}
+    meta = {**llama_metadata(hidden=256, heads=4, kv_heads=2, layers=1, ff=2), **tiny_tokenizer_metadata()}
     for qtype, at, msg in [(Q.Q6_K, 208, r"holds values up to .* --dtype bfloat16"),
                            (Q.Q4_K, 0, r"has block scales beyond float16's range; convert with --dtype float32")]:
         big = random_blocks(rng, 2, 256, qtype)
@@ -323,3 +323,18 @@ def test_unknown_type_id_and_float16_overflow_are_named(tmp_path):
         else:
             got = w["model.layers.0.mlp.up_proj.weight"]
         np.testing.assert_array_equal(np.array(got), gguf.quants.dequantize(big, qtype))
+
+
+def test_shape_mismatch_names_tensor_type_and_metadata(tmp_path):
+    rng = np.random.default_rng(0)
+    meta = {**llama_metadata(hidden=256, heads=4, kv_heads=2, layers=1, ff=512), **tiny_tokenizer_metadata()}
+    q = ("blk.0.attn_q.weight", random_blocks(rng, 128, 256, Q.Q4_K), Q.Q4_K)  # 128 rows, 256 wanted
+    p = write_gguf(tmp_path / "s.gguf", meta, [q])
+    with pytest.raises(ValueError, match=r"tensor 'blk.0.attn_q.weight' \(Q4_K\) has shape \[256, 128\] but the "
+                                         r"metadata \(hidden 256, 4 heads / 2 kv heads of 64.*needs \[256, 256\]"):
+        convert_gguf(p, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+    late = ("blk.3.ffn_up.weight", random_blocks(rng, 512, 256, Q.Q6_K), Q.Q6_K)
+    p = write_gguf(tmp_path / "l.gguf", meta, [late])
+    with pytest.raises(ValueError, match=r"'blk.3.ffn_up.weight' \(Q6_K\) belongs to layer 3 but the metadata has 1"):
+        convert_gguf(p, tmp_path / "o2", progress=False)

@@ -459,12 +459,6 @@ def convert_gguf(
                 f"{scaling['original_max_position_embeddings']:g})")
     check_config(config, f"{info.path} (as config.json)")  # e.g. kv heads not dividing heads
     _check_shapes(info, config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if "tokenizer.ggml.model" in info.metadata:
-        write_tokenizer_from_gguf(info.metadata, out)
-    else:
-        warnings.warn(f"{info.path} has no tokenizer metadata; writing the model without one.")
 
     # llama.cpp interleaves rotary pairs only for llama (qwen2 uses NeoX rope, unpermuted).
     heads = {"self_attn.q_proj": config["num_attention_heads"],
@@ -481,27 +475,26 @@ def convert_gguf(
         is_matrix = name.endswith(".weight") and len(t.shape) == 2 and not module.endswith(_NORMS)
         if (t.type_name in _QUANT_BITS or t.type_name in gguf_kquants.AFFINE_BITS) and is_matrix \
                 and not dequantize:
-            rounding = 0.0
-            if t.type_name in _QUANT_BITS:
+            if t.type_name in _QUANT_BITS:  # fp16 scales; biases exact multiples of them
                 bits = _QUANT_BITS[t.type_name]
-                triple = quant_triple(info.path, start, t.type_name, t.shape)
-                outcome = "blocks kept exactly"  # fp16 scales; biases exact multiples of them
+                triple = [a.astype(np.float32) if a.dtype == np.float16 else a
+                          for a in quant_triple(info.path, start, t.type_name, t.shape)]
             else:
                 bits = gguf_kquants.AFFINE_BITS[t.type_name]
                 raw = read_raw(info.path, start, t.nbytes, np.uint8)
                 triple = gguf_kquants.affine_triple(raw, t.type_name, t.shape, name=t.name)
-                rounding = max(_rounding(triple[1], dtype), _rounding(triple[2], dtype))
-                if not math.isfinite(rounding):
-                    raise ValueError(
-                        f"{info.path}: tensor {t.name!r} ({t.type_name}) has block scales beyond {dtype}'s "
-                        "range; convert with --dtype float32."
-                    )
-                if rounding:
-                    outcome = f"blocks kept, scales rounded to {dtype}"
-                elif t.type_name in _LAST_BIT:
-                    outcome = "blocks kept (float32 rounding only)"
-                else:
-                    outcome = "blocks kept exactly"
+            rounding = max(_rounding(triple[1], dtype), _rounding(triple[2], dtype))
+            if not math.isfinite(rounding):
+                raise ValueError(
+                    f"{info.path}: tensor {t.name!r} ({t.type_name}) has block scales beyond {dtype}'s "
+                    "range; convert with --dtype float32."
+                )
+            if rounding:
+                outcome = f"blocks kept, scales rounded to {dtype}"
+            elif t.type_name in _LAST_BIT:
+                outcome = "blocks kept (float32 rounding only)"
+            else:
+                outcome = "blocks kept exactly"
             if n_head:
                 triple = [unpermute_rows(a, n_head) for a in triple]
             weights[name] = triple[0]
@@ -556,5 +549,12 @@ def convert_gguf(
     config["torch_dtype"] = dtype
     for line in _summary(actions):
         log(line)
+    # Written only now: a tensor refused above (e.g. beyond float16) leaves no partial directory.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if "tokenizer.ggml.model" in info.metadata:
+        write_tokenizer_from_gguf(info.metadata, out)
+    else:
+        warnings.warn(f"{info.path} has no tokenizer metadata; writing the model without one.")
     save_model_dir(out, weights, config, progress=progress)
     return out

@@ -198,6 +198,11 @@ def test_cli_names_each_source_type(tmp_path, capsys):
                            "(relative error <= ") and line.endswith(") (11 tensors)")
     assert 0 < float(line.split("<= ")[1].split(")")[0]) <= 5e-4  # 2**-11, printed to 2 digits
     assert "[convert] Q6_K -> float16, dequantized (5 tensors)" in out
+    lines = []
+    convert_gguf(path, tmp_path / "bf", dtype="bfloat16", progress=False, log=lines.append)
+    bf = next(x for x in lines if x.startswith("Q4_K -> "))
+    assert bf.startswith("Q4_K -> 4-bit affine (group 32), blocks kept, scales rounded to bfloat16")
+    assert 2**-11 < float(bf.split("<= ")[1].split(")")[0]) <= 4e-3  # 2**-8 at most
     assert "[convert] F32 -> float16 (5 tensors)" in out
     assert convert_main([str(path), "--out", str(tmp_path / "o2"), "-q", "--dequantize"]) == 2
     assert "contradict" in capsys.readouterr().err
@@ -315,6 +320,7 @@ def test_unknown_type_id_and_float16_overflow_are_named(tmp_path):
         p = write_gguf(tmp_path / f"big{qtype.name}.gguf", meta, [("blk.0.ffn_up.weight", big, qtype)])
         with pytest.raises(ValueError, match=rf"'blk.0.ffn_up.weight' \({qtype.name}\) {msg}"):
             convert_gguf(p, tmp_path / f"o{qtype.name}", progress=False)
+        assert not (tmp_path / f"o{qtype.name}").exists()  # refused before anything is written
         out = convert_gguf(p, tmp_path / f"f{qtype.name}", dtype="float32", progress=False)
         w = mx.load(str(out / "model.safetensors"))
         if qtype == Q.Q4_K:

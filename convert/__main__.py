@@ -21,10 +21,12 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "--mlx-path", dest="out", required=True, help="output directory")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="float type of the written weights (default: the source's)")
-    p.add_argument("-q", "--quantize", action="store_true", help="affine-quantize (HF sources)")
+    p.add_argument("-q", "--quantize", action="store_true",
+                   help="affine-quantize float weights (GGUF: K-quant/IQ4/float matrices; "
+                        "Q4_0/Q4_1/Q8_0 keep their blocks)")
     p.add_argument("--q-bits", type=int, default=4)
     p.add_argument("--q-group-size", type=int, default=64)
-    p.add_argument("--dequantize", action="store_true", help="GGUF: write float weights instead of 4/8-bit blocks")
+    p.add_argument("--dequantize", action="store_true", help="GGUF: write float weights instead of any blocks")
     p.add_argument("--revision", default=None, help="hub revision")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -43,13 +45,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         if str(source).endswith(".gguf"):
-            if args.quantize:
-                print("error: -q applies to HF sources; a GGUF keeps its own quantization.", file=sys.stderr)
+            if args.quantize and args.dequantize:
+                print("error: -q and --dequantize contradict each other; choose one.", file=sys.stderr)
                 return 2
             from .gguf import convert_gguf
 
             out = convert_gguf(source, args.out, dtype=args.dtype, dequantize=args.dequantize,
-                               progress=not args.no_progress)
+                               quantize=args.quantize, q_bits=args.q_bits, q_group_size=args.q_group_size,
+                               progress=not args.no_progress, log=lambda line: print(f"[convert] {line}"))
         else:
             from .hf import convert_hf
 

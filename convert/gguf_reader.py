@@ -198,8 +198,8 @@ def _parse(cur: _Cursor) -> GGUFInfo:
             end = info.data_offset + offset + nbytes
             if end > cur.size:
                 raise ValueError(
-                    f"{path}: GGUF file is truncated: tensor {name!r} ends at byte {end} but the "
-                    f"file has {cur.size} bytes; re-download it."
+                    f"{path}: GGUF file is truncated: tensor {name!r} ({tname}, shape {list(shape)}) "
+                    f"ends at byte {end} but the file has {cur.size} bytes; re-download it."
                 )
         if offset % alignment:
             raise ValueError(

@@ -27,18 +27,21 @@ def _tiny_llama_gguf(path, tensors, **kw):
     return write_gguf(path, meta, tensors, **kw)
 
 
+ODD_FF = {"llama.feed_forward_length": 33}  # shapes must match the metadata: 33 gate/up rows
+
+
 def _quant_specs(rng):
-    # Odd row counts (3, 7, 33) with rows of 32-multiples; v/ffn are never permuted.
-    specs = [("blk.0.attn_v.weight", Q.Q4_0, (3, 64)), ("blk.0.ffn_gate.weight", Q.Q4_1, (7, 32)),
-             ("blk.0.ffn_up.weight", Q.Q8_0, (33, 96)), ("blk.0.ffn_down.weight", Q.F16, (5, 64)),
-             ("blk.0.attn_output.weight", Q.BF16, (3, 8)), ("blk.0.attn_norm.weight", Q.F32, (64,)),
-             ("blk.0.ffn_norm.weight", Q.Q4_1, (32,))]
+    # An odd row count (33) with rows of 32-multiples; v/ffn are never permuted.
+    specs = [("blk.0.attn_v.weight", Q.Q4_0, (32, 64)), ("blk.0.ffn_gate.weight", Q.Q4_1, (33, 64)),
+             ("blk.0.ffn_up.weight", Q.Q8_0, (33, 64)), ("blk.0.ffn_down.weight", Q.F16, (64, 33)),
+             ("blk.0.attn_output.weight", Q.BF16, (64, 64)), ("blk.0.attn_norm.weight", Q.F32, (64,)),
+             ("blk.0.ffn_norm.weight", Q.Q4_1, (64,))]
     return [(n, encode_tensor(rng.standard_normal(s).astype(np.float32) * 3, q), q) for n, q, s in specs]
 
 
 def test_quantized_tensors_match_gguf_dequantize(tmp_path):
     tensors = _quant_specs(np.random.default_rng(0))
-    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors)
+    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors, extra_meta=ODD_FF)
     out = convert_gguf(path, tmp_path / "out", progress=False)
     w = mx.load(str(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
@@ -65,7 +68,7 @@ def test_quantized_tensors_match_gguf_dequantize(tmp_path):
 
 def test_dequantize_option_float32_is_exact(tmp_path):
     tensors = _quant_specs(np.random.default_rng(1))
-    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors)
+    path = _tiny_llama_gguf(tmp_path / "q.gguf", tensors, extra_meta=ODD_FF)
     out = convert_gguf(path, tmp_path / "out", dequantize=True, dtype="float32", progress=False)
     w = mx.load(str(out / "model.safetensors"))
     assert "quantization" not in json.loads((out / "config.json").read_text())
@@ -76,7 +79,7 @@ def test_dequantize_option_float32_is_exact(tmp_path):
         np.testing.assert_allclose(np.array(got), gguf.quants.dequantize(raw, qtype), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K, Q.IQ4_NL])
+@pytest.mark.parametrize("qtype", [Q.IQ2_XXS, Q.IQ3_S, Q.TQ1_0])
 def test_unsupported_tensor_type(tmp_path, qtype):
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     raw = np.random.default_rng(0).integers(0, 255, (2, 256 // block * size), dtype=np.uint8)
@@ -85,11 +88,11 @@ def test_unsupported_tensor_type(tmp_path, qtype):
         convert_gguf(path, tmp_path / "out", progress=False)
     msg = str(e.value)
     assert f"blk.0.ffn_up.weight ({qtype.name})" in msg
-    assert "Q4_0, Q4_1, Q8_0" in msg and "re-export" in msg
+    assert "Q4_0, Q4_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS" in msg and "re-export" in msg
     assert not (tmp_path / "out").exists()  # nothing written before validation
 
 
-def test_unsupported_architecture_unknown_tensor_and_rope_freqs(tmp_path):
+def test_unsupported_architecture_unknown_tensor_and_bad_rope_freqs(tmp_path):
     f32 = encode_tensor(np.ones(64, np.float32), Q.F32)
     p = write_gguf(tmp_path / "a.gguf", {}, [("output_norm.weight", f32, Q.F32)], arch="gemma2")
     with pytest.raises(ValueError, match=r"'gemma2' is not supported; supported: llama, qwen2"):
@@ -97,9 +100,14 @@ def test_unsupported_architecture_unknown_tensor_and_rope_freqs(tmp_path):
     p = _tiny_llama_gguf(tmp_path / "b.gguf", [("blk.0.attn_sinks.weight", f32, Q.F32), ("foo", f32, Q.F32)])
     with pytest.raises(ValueError, match=r"unknown tensor\(s\).*blk.0.attn_sinks.weight, foo"):
         convert_gguf(p, tmp_path / "o2", progress=False)
+    # head_dim 32 needs 16 divisors; 64 of them, or a table no llama3 scaling produces, is refused.
     p = _tiny_llama_gguf(tmp_path / "c.gguf", [("rope_freqs.weight", f32, Q.F32)])
-    with pytest.raises(ValueError, match="llama3 rope_freqs in GGUF not supported yet"):
+    with pytest.raises(ValueError, match=r"rope_freqs.weight must hold 16 positive finite divisors"):
         convert_gguf(p, tmp_path / "o3", progress=False)
+    odd = encode_tensor(np.linspace(1, 3, 16).astype(np.float32)[::-1].copy(), Q.F32)
+    p = _tiny_llama_gguf(tmp_path / "d.gguf", [("rope_freqs.weight", odd, Q.F32)])
+    with pytest.raises(ValueError, match=r"rope_freqs.weight \(divisors 1..3\) matches no llama3 rope scaling"):
+        convert_gguf(p, tmp_path / "o4", progress=False)
 
 
 def test_config_values_and_linear_rope_scaling(tmp_path):

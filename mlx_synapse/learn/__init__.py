@@ -1,0 +1,27 @@
+"""Continual learning: LoRA/DoRA adapters on the package's models, their files, and a trainer."""
+
+from .adapters import adapter_config, adapter_weights, load_adapter, read_adapter_config, save_adapter
+from .lora import DoRALinear, LoRALinear, apply_lora, fuse_lora, lora_layers, remove_lora, set_scale
+
+__all__ = [
+    "DoRALinear", "LoRALinear", "adapter_config", "adapter_weights", "apply_lora", "fuse_lora",
+    "load_adapter", "load_trainable", "lora_layers", "read_adapter_config", "remove_lora", "save_adapter",
+    "set_scale",
+]
+
+
+def load_trainable(path=None):
+    """The model in its trainable form (quantized layers kept, q|k|v unfused) and its tokenizer.
+
+    Args:
+        path: model directory; None: the default model.
+    """
+    from ..loader import load_model
+    from ..tokenizer import load_tokenizer
+
+    if path is None:
+        from ..defaults import default_model_path
+
+        path = default_model_path()
+    model, config = load_model(path)
+    return model, load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))

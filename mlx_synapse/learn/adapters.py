@@ -29,7 +29,7 @@ def adapter_weights(model: nn.Module) -> dict:
             if k.rsplit(".", 1)[-1] in ADAPTER_LEAVES and ".linear." not in k}
 
 
-def adapter_config(model: nn.Module, **extra) -> dict:
+def adapter_config(model: nn.Module, extra: Optional[dict] = None) -> dict:
     """The mlx-lm config describing the adapters now on ``model``."""
     layers = lora_layers(model)
     if not layers:
@@ -46,15 +46,17 @@ def adapter_config(model: nn.Module, **extra) -> dict:
         "lora_parameters": {"rank": first.rank, "scale": first.scale, "dropout": first.dropout_p,
                             "keys": keys},
     }
-    config.update(extra)
+    config.update(extra or {})
     return config
 
 
-def save_adapter(model: nn.Module, path: Union[str, Path], weights_name: str = WEIGHTS_NAME, **extra) -> Path:
-    """Write the model's adapters to directory ``path`` (created if needed). Returns the weights file."""
+def save_adapter(model: nn.Module, path: Union[str, Path], weights_name: str = WEIGHTS_NAME,
+                 extra: Optional[dict] = None) -> Path:
+    """Write the model's adapters to directory ``path`` (created if needed); ``extra``: more config
+    keys (the base model, training settings). Returns the weights file."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = adapter_config(model, **extra)
+    config = adapter_config(model, extra)
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     out = path / weights_name
     mx.save_safetensors(str(out), adapter_weights(model))

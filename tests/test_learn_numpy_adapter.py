@@ -117,3 +117,28 @@ def test_mlx_backend_model_and_numpy_agree_after_load_adapter(pair):
     ours = [t for t, _ in generate_step(np.array(TOKENS[:4]), np_model, max_tokens=12)]
     theirs = [t for t, _ in generate_step(mx.array(TOKENS[:4]), mlx_model, max_tokens=12)]
     assert ours == theirs
+
+
+def test_load_with_adapter_path_same_tokens_on_both_backends(tmp_path, smollm2_dir, capsys):
+    from mlx_synapse import generate
+    from mlx_synapse.generate import main as generate_main
+    from mlx_synapse.loader import load
+
+    path = tiny_model_dir(tmp_path / "m", bits=4, seed=2, tokenizer_from=smollm2_dir)
+    trained, _ = load_model(path)
+    mx.random.seed(0)
+    apply_lora(trained, num_layers=2, rank=4, scale=4.0)
+    rng = np.random.default_rng(5)
+    for layer in lora_layers(trained).values():
+        layer.lora_b = mx.array(rng.normal(0, 0.05, layer.lora_b.shape).astype(np.float32))
+    save_adapter(trained, tmp_path / "ad")
+    texts = {}
+    for backend in ("mlx", "numpy"):
+        model, tok = load(path, backend=backend, adapter_path=tmp_path / "ad")
+        texts[backend] = generate(model, tok, "Hello there", max_tokens=16)
+    plain, tok = load(path, backend="numpy")
+    assert texts["mlx"] == texts["numpy"] != generate(plain, tok, "Hello there", max_tokens=16)
+    assert generate_main(["--model", str(path), "--backend", "numpy", "--adapter-path", str(tmp_path / "nope"),
+                          "--prompt", "hi", "--max-tokens", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "adapter directory" in err[0] and "does not exist" in err[0]

@@ -109,8 +109,12 @@ def train(
     optimizer: Optional[optim.Optimizer] = None,
     report: Callable[[str], None] = print,
     adapter_extra: Optional[dict] = None,
+    penalty: Optional[Callable[[nn.Module], mx.array]] = None,
 ) -> dict:
     """Train the adapters on ``model`` for ``args.iters`` optimizer steps.
+
+    ``penalty(model)``: a scalar added to every micro-batch's loss (EWC's
+    ``EWC.penalty``); the reported train loss includes it.
 
     Returns:
         ``{"train_loss": [(step, loss)], "val_loss": [(step, loss)], "step_seconds": [...], "tokens": n}``.
@@ -118,7 +122,11 @@ def train(
     if optimizer is None:
         optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=args.weight_decay)
     model.train()
-    grad_fn = nn.value_and_grad(model, loss_fn)
+    def total_loss(m, *batch):
+        loss, ntoks = loss_fn(m, *batch)
+        return (loss + penalty(m) if penalty is not None else loss), ntoks
+
+    grad_fn = nn.value_and_grad(model, total_loss)
     batches = iterate_batches(train_set, args.batch_size, args.seed)
     history = {"train_loss": [], "val_loss": [], "step_seconds": [], "tokens": 0}
     out = Path(args.adapter_path) if args.adapter_path else None

@@ -44,9 +44,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not text.is_file():
         print(f"error: {text} not found; pass --text FILE (WikiText-2 is in ../shared/data/eval).", file=sys.stderr)
         return 2
+    import logging
+
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
+
+    # the whole text is tokenized at once on purpose (then cut into windows): no length warning
+    logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
     from mlx_synapse.learn import apply_lora, load_trainable
     from mlx_synapse.learn.trainer import loss_fn

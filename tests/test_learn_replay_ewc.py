@@ -145,3 +145,41 @@ def test_ewc_penalty_holds_parameters_in_training(tmp_path):
             opt.update(layer, g)
         moved[lam] = np.abs(np.array(layer.lora_b) - anchor).max()
     assert moved[200.0] < 0.25 * moved[0.0], moved
+
+
+def test_checkpoint_restores_adapter_buffer_and_fisher(tmp_path):
+    from mlx_synapse.learn import apply_lora, lora_layers
+    from mlx_synapse.learn.checkpoint import load_checkpoint, save_checkpoint
+    from mlx_synapse.loader import load_model
+
+    from .learn_util import tiny_model_dir
+
+    path = tiny_model_dir(tmp_path / "m", bits=4)
+    model, _ = load_model(path)
+    apply_lora(model, num_layers=2, rank=3)
+    rng = np.random.default_rng(0)
+    for layer in lora_layers(model).values():
+        layer.lora_b = mx.array(rng.normal(0, 0.05, layer.lora_b.shape).astype(np.float32))
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    fisher = {k: mx.array(rng.random(v.shape).astype(np.float32)) for k, v in tree_flatten(model.trainable_parameters())}
+    ewc = EWC(lam=2.0, gamma=0.9)
+    ewc.consolidate(model, fisher)
+    buf = ReplayBuffer(per_domain=5, seed=1)
+    for i in range(8):
+        buf.add(_ex(i), "d", 1 + i)
+    save_checkpoint(tmp_path / "ck", model, buf, ewc, base_model=str(path))
+    tokens = mx.array([[1, 2, 3, 4, 5, 6]])
+    ref = np.array(model(tokens))
+    for layer in lora_layers(model).values():  # move away from the anchor: a non-zero penalty
+        layer.lora_b = layer.lora_b + 0.01
+    moved = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+
+    fresh, _ = load_model(path)
+    config, buf2, ewc2 = load_checkpoint(tmp_path / "ck", fresh)
+    assert config["base_model"] == str(path)
+    np.testing.assert_array_equal(np.array(fresh(tokens)), ref)
+    assert buf2.sample(5) == buf.sample(5) and buf2.domains() == {"d": 5}
+    fresh.update(tree_unflatten([(k, mx.array(v)) for k, v in moved.items()]))
+    np.testing.assert_allclose(ewc2.penalty(fresh).item(), ewc.penalty(model).item(), rtol=1e-6)
+    assert ewc2.penalty(fresh).item() > 0 and (ewc2.lam, ewc2.gamma) == (2.0, 0.9)

@@ -194,5 +194,7 @@ def test_cli_trains_and_writes_mlx_lm_adapter(tiny, data_dir, tmp_path, capsys):
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["num_layers"] == 2 and cfg["lora_parameters"]["rank"] == 2
     assert (out / "0000002_adapters.safetensors").is_file() and (out / "0000004_adapters.safetensors").is_file()
-    assert main(["--model", str(tiny), "--data", str(data_dir), "--iters", "0"]) == 2
+    from mlx_synapse.__main__ import main as dispatch
+
+    assert dispatch(["train", "--model", str(tiny), "--data", str(data_dir), "--iters", "0"]) == 2
     assert "iters must be at least 1" in capsys.readouterr().err

@@ -179,3 +179,40 @@ def test_fused_inference_model_is_refused(tmp_path):
     fuse_projections(model)
     with pytest.raises(ValueError, match="trainable form"):
         apply_lora(model)
+
+
+def test_named_adapters_hot_swap_and_scale(tmp_path):
+    from mlx_synapse.learn.adapter_set import AdapterSet
+
+    path = tiny_model_dir(tmp_path / "m", bits=4)
+    refs = {}
+    for name, seed, rank in (("a", 1, 4), ("b", 2, 4), ("c", 3, 2)):
+        model, _ = load_model(path)
+        mx.random.seed(seed)
+        apply_lora(model, num_layers=2, rank=rank, scale=5.0)
+        _randomise(model, seed=seed)
+        save_adapter(model, tmp_path / name)
+        refs[name] = _logits(model)
+    model, _ = load_model(path)
+    base = _logits(model)
+    adapters = AdapterSet(model)
+    for name in "abc":
+        adapters.add(name, tmp_path / name)
+    wrapped = None
+    for name in "abcab":  # a -> b swaps weights in place; b -> c re-wraps (other rank); c -> a again
+        adapters.activate(name)
+        np.testing.assert_allclose(_logits(model), refs[name], atol=1e-5, rtol=0)
+        if name == "b":
+            assert lora_layers(model)["model.layers.2.mlp.up_proj"] is wrapped  # same layer objects reused
+        wrapped = lora_layers(model)["model.layers.2.mlp.up_proj"]
+    adapters.set_scale("b", 0.0)
+    assert np.array_equal(_logits(model), base)  # scale 0: exactly the base
+    adapters.activate("a")
+    adapters.activate("b")
+    assert np.array_equal(_logits(model), base)  # b kept its scale of 0
+    adapters.set_scale("b", 5.0)
+    np.testing.assert_allclose(_logits(model), refs["b"], atol=1e-5, rtol=0)
+    adapters.deactivate()
+    assert np.array_equal(_logits(model), base) and adapters.active is None
+    with pytest.raises(ValueError, match="no adapter named 'z'; known: a, b, c"):
+        adapters.activate("z")

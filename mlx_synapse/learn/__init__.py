@@ -1,11 +1,12 @@
 """Continual learning: LoRA/DoRA adapters on the package's models, their files, and a trainer."""
 
+from .adapter_set import AdapterSet
 from .adapters import adapter_config, adapter_weights, load_adapter, read_adapter_config, save_adapter
 from .learner import ContinualLearner
 from .lora import DoRALinear, LoRALinear, apply_lora, fuse_lora, lora_layers, remove_lora, set_scale
 
 __all__ = [
-    "ContinualLearner", "DoRALinear", "LoRALinear", "adapter_config", "adapter_weights", "apply_lora", "fuse_lora",
+    "AdapterSet", "ContinualLearner", "DoRALinear", "LoRALinear", "adapter_config", "adapter_weights", "apply_lora", "fuse_lora",
     "load_adapter", "load_trainable", "lora_layers", "read_adapter_config", "remove_lora", "save_adapter",
     "set_scale",
 ]

@@ -91,16 +91,8 @@ def read_adapter_config(path: Union[str, Path]) -> dict:
     return config
 
 
-def load_adapter(model: nn.Module, path: Union[str, Path], weights_name: Optional[str] = None) -> dict:
-    """Apply the adapters of directory ``path`` to ``model`` and load their weights (checked).
-
-    Returns:
-        The adapter config.
-
-    Raises:
-        FileNotFoundError / ValueError: a missing directory or file, an unreadable config,
-            or tensors that do not fit the model (named in the message).
-    """
+def read_adapter(path: Union[str, Path], weights_name: Optional[str] = None) -> tuple:
+    """(config, {name: mx.array}) of an adapter directory, checked; nothing applied."""
     path = Path(path)
     config = read_adapter_config(path)
     wfile = path / (weights_name or WEIGHTS_NAME)
@@ -110,6 +102,19 @@ def load_adapter(model: nn.Module, path: Union[str, Path], weights_name: Optiona
         weights = mx.load(str(wfile))
     except Exception as e:  # MLX raises several types for a bad file
         raise ValueError(f"[adapters] cannot read {wfile} ({e}); the file is truncated or not safetensors.") from None
+    return config, weights
+
+
+def same_structure(a: dict, b: dict) -> bool:
+    """Whether two adapter configs put the same-shaped matrices on the same layers (weights can swap in place)."""
+    pa, pb = a["lora_parameters"], b["lora_parameters"]
+    return (a.get("fine_tune_type", "lora") == b.get("fine_tune_type", "lora") and a["num_layers"] == b["num_layers"]
+            and pa["rank"] == pb["rank"] and pa.get("keys") == pb.get("keys"))
+
+
+def apply_adapter_weights(model: nn.Module, config: dict, weights: dict, where: str = "the adapter") -> dict:
+    """Wrap ``model``'s layers as ``config`` says and load ``weights`` into them (checked; on a
+    mismatch the model is left without adapters). Returns ``config``."""
     p = config["lora_parameters"]
     apply_lora(model, num_layers=int(config["num_layers"]), rank=int(p["rank"]), scale=float(p["scale"]),
                dropout=float(p.get("dropout", 0.0)), keys=p.get("keys"),
@@ -125,9 +130,23 @@ def load_adapter(model: nn.Module, path: Union[str, Path], weights_name: Optiona
 
         remove_lora(model)
         raise ValueError(
-            f"[adapters] {wfile} does not fit this model ({'; '.join(bad[:3])}"
+            f"[adapters] {where} does not fit this model ({'; '.join(bad[:3])}"
             f"{'; ...' if len(bad) > 3 else ''}); it was trained on another base model."
         )
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())
     return config
+
+
+def load_adapter(model: nn.Module, path: Union[str, Path], weights_name: Optional[str] = None) -> dict:
+    """Apply the adapters of directory ``path`` to ``model`` and load their weights (checked).
+
+    Returns:
+        The adapter config.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing directory or file, an unreadable config,
+            or tensors that do not fit the model (named in the message).
+    """
+    config, weights = read_adapter(path, weights_name)
+    return apply_adapter_weights(model, config, weights, str(Path(path) / (weights_name or WEIGHTS_NAME)))

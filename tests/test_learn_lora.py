@@ -179,6 +179,12 @@ def test_fused_inference_model_is_refused(tmp_path):
     fuse_projections(model)
     with pytest.raises(ValueError, match="trainable form"):
         apply_lora(model)
+    from mlx_synapse.models.parallel import split_rows_across_cpu_streams
+
+    model, _ = load_model(tmp_path / "m")
+    split_rows_across_cpu_streams(model, 2)
+    with pytest.raises(ValueError, match="trainable form"):
+        apply_lora(model)
 
 
 def test_named_adapters_hot_swap_and_scale(tmp_path):

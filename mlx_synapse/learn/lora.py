@@ -154,14 +154,21 @@ def _fused_linear(base: nn.Module, new_weight, dequantize: bool) -> nn.Module:
     return fused
 
 
+_INFERENCE_FORM = (
+    "[lora] this model was rearranged for inference (mlx_synapse.load on a CPU fuses q|k|v and splits "
+    "rows over streams); adapters need the trainable form: load it with "
+    "mlx_synapse.learn.load_trainable(path), or pass adapter_path= to mlx_synapse.load."
+)
+
+
 def _check_model(model: nn.Module) -> None:
+    from ..models.parallel import RowSplitLinear
+
     for layer in model.layers:
         if "qkv_proj" in layer.self_attn and "q_proj" not in layer.self_attn and model.model_type != "phi3":
-            raise ValueError(
-                "[lora] this model's q|k|v projections were fused for inference (mlx_synapse.load on a "
-                "CPU); adapters need the trainable form: load it with "
-                "mlx_synapse.learn.load_trainable(path) or mlx_synapse.loader.load_model(path)."
-            )
+            raise ValueError(_INFERENCE_FORM)
+        if any(isinstance(m, RowSplitLinear) for _, m in layer.named_modules()):
+            raise ValueError(_INFERENCE_FORM)
 
 
 def default_keys(model: nn.Module) -> List[str]:

@@ -198,3 +198,9 @@ def test_cli_trains_and_writes_mlx_lm_adapter(tiny, data_dir, tmp_path, capsys):
 
     assert dispatch(["train", "--model", str(tiny), "--data", str(data_dir), "--iters", "0"]) == 2
     assert "iters must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_missing_model_is_one_line_error(data_dir, tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "no_model"), "--data", str(data_dir), "--iters", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0], err

@@ -16,14 +16,22 @@ def load_trainable(path=None):
     """The model in its trainable form (quantized layers kept, q|k|v unfused) and its tokenizer.
 
     Args:
-        path: model directory; None: the default model.
+        path: model directory, ``.gguf`` file or hub id (as ``mlx_synapse.load``); None: the default model.
     """
-    from ..loader import load_model
+    from pathlib import Path
+
+    from ..loader import load_model, resolve_model_path
     from ..tokenizer import load_tokenizer
 
     if path is None:
         from ..defaults import default_model_path
 
         path = default_model_path()
+    elif str(path).endswith(".gguf"):
+        from ..defaults import converted_gguf_path
+
+        path = converted_gguf_path(Path(path))
+    else:
+        path = resolve_model_path(path)
     model, config = load_model(path)
     return model, load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))

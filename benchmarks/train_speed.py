@@ -55,12 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from mlx_synapse.learn import apply_lora, load_trainable
     from mlx_synapse.learn.trainer import loss_fn
-    from mlx_synapse.loader import _dequantize_layers
-
-    model, tok = load_trainable(args.model)
-    if args.form == "float32":
-        _dequantize_layers(model)
-        model.update(nn.utils.tree_map(lambda a: a.astype(mx.float32), model.parameters()))
+    model, tok = load_trainable(args.model, dequantize=args.form == "float32")
     mx.random.seed(0)
     apply_lora(model, num_layers=args.num_layers, rank=args.rank)
     ids = tok.encode(text.read_text(encoding="utf-8")[:200_000])

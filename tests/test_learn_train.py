@@ -204,3 +204,20 @@ def test_cli_missing_model_is_one_line_error(data_dir, tmp_path, capsys):
     assert main(["--model", str(tmp_path / "no_model"), "--data", str(data_dir), "--iters", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0], err
+
+
+def test_cli_dequantized_training_gives_an_adapter_for_the_quantized_model(tiny, data_dir, tmp_path):
+    import mlx.nn as nn
+
+    model, _ = load_trainable(tiny, dequantize=True)
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    out = tmp_path / "ad"
+    assert main(["--model", str(tiny), "--data", str(data_dir / "train.jsonl"), "--adapter-path", str(out),
+                 "--iters", "2", "--batch-size", "2", "--rank", "2", "--num-layers", "1", "--dequantize",
+                 "--learning-rate", "1e-2"]) == 0
+    q4, _ = load_trainable(tiny)
+    tokens = mx.array([[1, 2, 3, 4, 5]])
+    before = np.array(q4(tokens))
+    load_adapter(q4, out)
+    assert isinstance(lora_layers(q4)["model.layers.2.mlp.up_proj"].linear, nn.QuantizedLinear)
+    assert np.abs(np.array(q4(tokens)) - before).max() > 1e-3

@@ -12,11 +12,13 @@ __all__ = [
 ]
 
 
-def load_trainable(path=None):
+def load_trainable(path=None, dequantize: bool = False):
     """The model in its trainable form (quantized layers kept, q|k|v unfused) and its tokenizer.
 
     Args:
         path: model directory, ``.gguf`` file or hub id (as ``mlx_synapse.load``); None: the default model.
+        dequantize: expand quantized layers to float32 (MLX's CPU backend multiplies float
+            weights much faster than 4-bit ones); the adapter trained applies to either form.
     """
     from pathlib import Path
 
@@ -33,5 +35,5 @@ def load_trainable(path=None):
         path = converted_gguf_path(Path(path))
     else:
         path = resolve_model_path(path)
-    model, config = load_model(path)
+    model, config = load_model(path, dequantize=dequantize, dtype="float32" if dequantize else None)
     return model, load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))

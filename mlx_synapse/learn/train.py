@@ -21,6 +21,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", default=None, help="validation JSONL (default: valid.jsonl beside the data)")
     p.add_argument("--adapter-path", default="adapters", help="output directory (default: ./adapters)")
     p.add_argument("--resume", default=None, help="adapter directory to start from")
+    p.add_argument("--dequantize", action="store_true",
+                   help="train over float32 copies of quantized layers (faster on MLX's CPU backend)")
     p.add_argument("--fine-tune-type", choices=("lora", "dora"), default="lora")
     p.add_argument("--num-layers", type=int, default=16, help="blocks from the end that get adapters (-1: all)")
     p.add_argument("--rank", type=int, default=8)
@@ -75,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.max_seq_length < 2:
             raise ValueError(f"[train] max-seq-length must be at least 2 but got {args.max_seq_length}.")
         train_file, valid_file = _data_files(args.data, args.valid)
-        model, tokenizer = load_trainable(args.model)
+        model, tokenizer = load_trainable(args.model, dequantize=args.dequantize)
         train_set = load_dataset(train_file, tokenizer, args.mask_prompt, args.max_seq_length)
         valid_set = load_dataset(valid_file, tokenizer, args.mask_prompt, args.max_seq_length) if valid_file else None
         mx.random.seed(args.seed)

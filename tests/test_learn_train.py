@@ -101,8 +101,12 @@ def test_lora_gradients_match_dense_torch_reference():
     np.testing.assert_allclose(np.array(grads["lora_b"]), B.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_model_gradient_matches_finite_difference(tiny, data_dir):
-    model, _, ds = _setup(tiny, data_dir)
+@pytest.mark.parametrize("dora,leaf", [(False, "lora_b"), (True, "m")])
+def test_model_gradient_matches_finite_difference(tiny, data_dir, dora, leaf):
+    model, _ = load_trainable(tiny)
+    mx.random.seed(0)
+    apply_lora(model, num_layers=-1, rank=4, scale=2.0, use_dora=dora)
+    ds = load_dataset(data_dir / "train.jsonl", _)
     rng = np.random.default_rng(0)
     for layer in lora_layers(model).values():
         layer.lora_b = mx.array(rng.normal(0, 0.05, layer.lora_b.shape).astype(np.float32))
@@ -110,19 +114,46 @@ def test_model_gradient_matches_finite_difference(tiny, data_dir):
     grads = dict(tree_flatten(nn.value_and_grad(model, loss_fn)(model, *batch)[1]))
     name = "model.layers.1.self_attn.v_proj"
     layer = dict(model.named_modules())[name]
-    g = np.array(grads[name + ".lora_b"])
-    i, j = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+    g = np.array(grads[f"{name}.{leaf}"])
+    idx = np.unravel_index(np.argmax(np.abs(g)), g.shape)
     eps = 1e-2
     vals = []
     for sign in (1, -1):
-        b = np.array(layer.lora_b)
-        b[i, j] += sign * eps
-        layer.lora_b = mx.array(b)
+        p = np.array(layer[leaf])
+        p[idx] += sign * eps
+        layer[leaf] = mx.array(p)
         vals.append(loss_fn(model, *batch)[0].item())
-        b[i, j] -= sign * eps
-        layer.lora_b = mx.array(b)
+        p[idx] -= sign * eps
+        layer[leaf] = mx.array(p)
     fd = (vals[0] - vals[1]) / (2 * eps)
-    np.testing.assert_allclose(fd, g[i, j], rtol=2e-2)
+    np.testing.assert_allclose(fd, g[idx], rtol=2e-2)
+
+
+def test_dora_gradients_match_torch_reference():
+    """DoRA on a Q4 base: y = m / ||W + s B^T A^T||_row (x W^T + s x A B), the norm detached (the paper,
+    mlx-lm), against PyTorch on the dequantized W."""
+    from mlx_synapse.learn import DoRALinear
+
+    rng = np.random.default_rng(1)
+    q = nn.QuantizedLinear.from_linear(nn.Linear(64, 24, bias=False), group_size=32, bits=4)
+    layer = DoRALinear(q, rank=3, scale=1.5)
+    layer.lora_b = mx.array(rng.normal(0, 0.1, (3, 24)).astype(np.float32))
+    layer.m = mx.array(rng.uniform(0.5, 1.5, 24).astype(np.float32))
+    layer.freeze()
+    layer.unfreeze(keys=["lora_a", "lora_b", "m"], recurse=False)
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    g = rng.normal(size=(5, 24)).astype(np.float32)
+    grads = nn.value_and_grad(layer, lambda m, x: (m(x) ** 2 * mx.array(g)).sum())(layer, mx.array(x))[1]
+    W = torch.tensor(np.array(mx.dequantize(q.weight, q.scales, q.biases, group_size=32, bits=4)))
+    A = torch.tensor(np.array(layer.lora_a), requires_grad=True)
+    B = torch.tensor(np.array(layer.lora_b), requires_grad=True)
+    M = torch.tensor(np.array(layer.m), requires_grad=True)
+    xt = torch.tensor(x)
+    norm = torch.linalg.norm(W + 1.5 * B.T @ A.T, dim=1).detach()
+    y = (M / norm) * (xt @ W.T + 1.5 * (xt @ A) @ B)
+    (y**2 * torch.tensor(g)).sum().backward()
+    for name, ref in (("lora_a", A), ("lora_b", B), ("m", M)):
+        np.testing.assert_allclose(np.array(grads[name]), ref.grad.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_loss_falls_and_run_is_deterministic(tiny, data_dir, tmp_path):

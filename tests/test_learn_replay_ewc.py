@@ -68,6 +68,7 @@ def test_replay_never_holds_more_than_per_domain(adds, cap):
 
 
 def _layer(rng):
+    mx.random.seed(0)  # the base weights and lora_a come from MLX's generator
     layer = LoRALinear(nn.Linear(12, 5, bias=False), rank=3, scale=1.5)
     layer.lora_b = mx.array(rng.normal(0, 0.3, (3, 5)).astype(np.float32))
     layer.freeze()
@@ -133,18 +134,18 @@ def test_ewc_penalty_holds_parameters_in_training(tmp_path):
     x = mx.array(rng.normal(size=(16, 12)).astype(np.float32))
     t = mx.array(rng.normal(size=(16, 5)).astype(np.float32))
     moved = {}
-    for lam in (0.0, 200.0):
+    for lam in (0.0, 400.0):
         layer = _layer(np.random.default_rng(2))
         ewc = EWC(lam=lam)
         ewc.consolidate(layer, {"lora_a": mx.ones((12, 3)), "lora_b": mx.ones((3, 5))})
         anchor = np.array(layer.lora_b)
         opt = optim.SGD(learning_rate=1e-3)
         step = nn.value_and_grad(layer, lambda m: _mse(m, x, t) + ewc.penalty(m))
-        for _ in range(20):
+        for _ in range(50):
             _, g = step(layer)
             opt.update(layer, g)
         moved[lam] = np.abs(np.array(layer.lora_b) - anchor).max()
-    assert moved[200.0] < 0.25 * moved[0.0], moved
+    assert moved[400.0] < 0.1 * moved[0.0], moved
 
 
 def test_checkpoint_restores_adapter_buffer_and_fisher(tmp_path):

@@ -53,6 +53,7 @@ def test_answer_recall_equals_greedy_generation(tiny):
     assert answer_recall(model, [(prompt, wrong), (prompt, greedy[:2])]) == 0.5
 
 
+@pytest.mark.slow  # a dozen training steps through a 49k-token vocabulary on the CPU
 def test_bad_sleep_is_rolled_back_bit_for_bit(tiny):
     model, chat, general, pairs = _setup(tiny)
     # an adapter that already knows the general text (a random base model knows none): the previous one
@@ -71,6 +72,7 @@ def test_bad_sleep_is_rolled_back_bit_for_bit(tiny):
     assert "rolled back" in rep.summary()
 
 
+@pytest.mark.slow  # a dozen training steps through a 49k-token vocabulary on the CPU
 def test_good_sleep_is_kept_and_recall_gate_can_reject(tiny):
     model, chat, general, pairs = _setup(tiny)
     before = _params(model)

@@ -156,6 +156,7 @@ def test_dora_gradients_match_torch_reference():
         np.testing.assert_allclose(np.array(grads[name]), ref.grad.numpy(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # a dozen training steps through a 49k-token vocabulary on the CPU
 def test_loss_falls_and_run_is_deterministic(tiny, data_dir, tmp_path):
     runs = []
     for n in range(2):
@@ -181,6 +182,7 @@ def test_loss_falls_and_run_is_deterministic(tiny, data_dir, tmp_path):
     np.testing.assert_allclose(np.array(fresh(tokens)), np.array(model(tokens)), atol=1e-5)
 
 
+@pytest.mark.slow  # a dozen training steps through a 49k-token vocabulary on the CPU
 def test_grad_accumulation_equals_one_big_batch(tiny, data_dir):
     import mlx.optimizers as optim
 
@@ -214,6 +216,7 @@ def test_bad_data_is_one_line_error(tiny, tmp_path, capsys, line, message):
     assert len(err) == 1 and message in err[0], err
 
 
+@pytest.mark.slow  # a dozen training steps through a 49k-token vocabulary on the CPU
 def test_cli_trains_and_writes_mlx_lm_adapter(tiny, data_dir, tmp_path, capsys):
     out = tmp_path / "ad"
     rc = main(["--model", str(tiny), "--data", str(data_dir), "--adapter-path", str(out), "--iters", "4",

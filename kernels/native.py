@@ -118,6 +118,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "syn_set_layer": ([vp, i, ip, ip, vp, vp, vp, vp], None),
         "syn_set_head": ([vp, i, i, vp, fp, fp, fp, fp, ip], None),
         "syn_set_cache": ([vp, i, fp, fp, i], i),
+        "syn_set_lora": ([vp, i, i, i, fp, fp], i),
         "syn_decode": ([vp, i, i, i, fp, fp, fp], i),
         "syn_matvec": ([vp, i, i, i, i, vp, fp, fp, fp, fp], i),
         "syn_quantize_act": ([fp, i, ip, fp, fp], None),

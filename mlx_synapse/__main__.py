@@ -11,6 +11,7 @@ COMMANDS = {
     "memory": "mlx_synapse.memory.__main__",
     "chat": "mlx_synapse.chat",
     "bench": "mlx_synapse.bench",
+    "train": "mlx_synapse.learn.train",
 }
 
 

@@ -287,6 +287,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate-prompt", action="store_true",
                    help="keep the last tokens of a prompt longer than the context (default: refuse it)")
     p.add_argument("--backend", default="auto", choices=["auto", "mlx", "numpy"])
+    p.add_argument("--adapter-path", default=None,
+                   help="LoRA adapter directory (mlx-lm format: adapter_config.json + adapters.safetensors)")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     p.add_argument("--memory", default=None, metavar="DB",
                    help="answer with the memories of --user in this memory bank, as the chat does "
@@ -315,7 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     bank, last = None, None
     try:
-        model, tokenizer = load(args.model, backend=args.backend)
+        model, tokenizer = load(args.model, backend=args.backend, adapter_path=args.adapter_path)
         if args.memory is not None:
             from .assistant import Assistant
             from .memory.bank import MemoryBank, default_user

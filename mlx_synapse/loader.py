@@ -254,6 +254,7 @@ def load(
     revision: Optional[str] = None,
     dequantize: Optional[bool] = None,
     dtype: Optional[str] = None,
+    adapter_path: Optional[Union[str, Path]] = None,
 ):
     """Load a model and its tokenizer.
 
@@ -263,6 +264,7 @@ def load(
         revision: hub revision.
         dequantize: MLX only — None picks what is fastest (float on CPU, quantized on GPU).
         dtype: MLX only — cast float weights; None keeps the file's on a GPU, float32 on a CPU.
+        adapter_path: a LoRA adapter directory (mlx-lm's format) to apply, on either backend.
 
     Returns:
         ``(model, tokenizer)``; ``model.backend`` is "mlx" or "numpy".
@@ -285,6 +287,10 @@ def load(
 
         model = load_numpy_model(model_path)
         config = model.config
+        if adapter_path is not None:
+            from .backends.numpy.adapter import apply_adapter
+
+            apply_adapter(model, adapter_path)
     else:
         import mlx.core as mx
 
@@ -301,6 +307,10 @@ def load(
         if dtype is None and on_cpu:
             dtype = "float32"
         model, config = load_model(model_path, dequantize=dequantize, dtype=dtype)
+        if adapter_path is not None:  # before fusing: adapted layers stay unfused, the rest fuse as usual
+            from .learn.adapters import load_adapter
+
+            load_adapter(model, adapter_path)
         fuse_projections(model)
         if on_cpu:
             split_rows_across_cpu_streams(model, min(os.cpu_count() or 1, 8))

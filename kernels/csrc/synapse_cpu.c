@@ -475,6 +475,9 @@ typedef struct {
     const float *qk_norm;                     /* (nh + nkv, d) or NULL */
     float *kc, *vc;                           /* (nkv, cap, d) */
     int cap;
+    /* LoRA beside qkv, o, gu, down: y += B (A x), A (r, K) rows, B (N, r) rows, scale folded in */
+    int lr[4];
+    const float *la[4], *lb[4];
 } Layer;
 
 typedef struct {
@@ -482,6 +485,8 @@ typedef struct {
     int16_t *q; /* its int16 codes */
     float *d, *sum;
     float *tmp;    /* 2 * chunk of gate/up rows */
+    float *lt;     /* LoRA: A x, lt_cap floats */
+    int lt_cap;
     float *scores; /* attention scores, cap */
     int scores_cap;
 } Scratch;
@@ -547,7 +552,7 @@ void syn_free(Model *m) {
     pool_free(m->pool);
     for (int t = 0; m->scr && t < m->nth; t++) {
         Scratch *s = &m->scr[t];
-        free(s->xn), free(s->q), free(s->d), free(s->sum), free(s->tmp), free(s->scores);
+        free(s->xn), free(s->q), free(s->d), free(s->sum), free(s->tmp), free(s->scores), free(s->lt);
     }
     free(m->pq), free(m->pd), free(m->psum);
     free(m->scr), free(m->layers), free(m->x), free(m->qkv), free(m->att), free(m->act);
@@ -596,6 +601,34 @@ int syn_set_cache(Model *m, int i, float *kc, float *vc, int cap) {
         }
     }
     return 0;
+}
+
+/* LoRA of layer i's matrix `which` (0 qkv, 1 o, 2 gu, 3 down): rank r (0: none), A (r, K) and
+   B (N, r) float rows with the scale folded into B; the arrays must outlive the engine's use. */
+int syn_set_lora(Model *m, int i, int which, int r, const float *a, const float *b) {
+    if (i < 0 || i >= m->nl || which < 0 || which > 3 || r < 0) return -1;
+    Layer *L = &m->layers[i];
+    L->lr[which] = a && b ? r : 0, L->la[which] = a, L->lb[which] = b;
+    for (int t = 0; t < m->nth; t++) {
+        Scratch *s = &m->scr[t];
+        if (s->lt_cap < r) {
+            float *n = (float *)realloc(s->lt, (size_t)r * sizeof(float));
+            if (!n) return -2;
+            s->lt = n;
+            s->lt_cap = r;
+        }
+    }
+    return 0;
+}
+
+/* y[r - r0] += (B (A x))[r] for rows r0 <= r < r1 of matrix `which`; every thread forms A x itself
+   (r * K flops, small beside its share of the matvec) so no barrier is needed */
+static void lora_rows(const Layer *L, int which, int K, const float *x, Scratch *s, int r0, int r1, float *y) {
+    const int r = L->lr[which];
+    if (!r) return;
+    const float *A = L->la[which], *B = L->lb[which];
+    for (int k = 0; k < r; k++) s->lt[k] = dot_f32(A + (size_t)k * K, x, K);
+    for (int n = r0; n < r1; n++) y[n - r0] += dot_f32(B + (size_t)n * r, s->lt, r);
 }
 
 static void rms_to(const float *x, const float *w, int n, float eps, float *out) {
@@ -695,6 +728,7 @@ static void decode_body(void *ctx, int tid, int nth) {
         prep(s, s->xn, H, L->qkv.kind, &a);
         split(L->qkv.N, tid, nth, 16, &r0, &r1);
         matvec_rows(&L->qkv, &a, r0, r1, m->qkv + r0);
+        lora_rows(L, 0, H, a.f, s, r0, r1, m->qkv + r0);
         if (L->b_qkv)
             for (int r = r0; r < r1; r++) m->qkv[r] += L->b_qkv[r];
         barrier(p, &sense);
@@ -704,6 +738,7 @@ static void decode_body(void *ctx, int tid, int nth) {
         prep(s, m->att, m->nh * d, L->o.kind, &a);
         split(H, tid, nth, 16, &r0, &r1);
         matvec_rows(&L->o, &a, r0, r1, s->tmp);
+        lora_rows(L, 1, m->nh * d, a.f, s, r0, r1, s->tmp);
         for (int r = r0; r < r1; r++) m->x[r] += s->tmp[r - r0] + (L->b_o ? L->b_o[r] : 0.f);
         barrier(p, &sense);
         /* gate|up -> silu(gate) * up */
@@ -712,6 +747,8 @@ static void decode_body(void *ctx, int tid, int nth) {
         split(I, tid, nth, BLK, &r0, &r1);
         matvec_rows(&L->gu, &a, r0, r1, s->tmp);
         matvec_rows(&L->gu, &a, I + r0, I + r1, s->tmp + (r1 - r0));
+        lora_rows(L, 2, H, a.f, s, r0, r1, s->tmp);
+        lora_rows(L, 2, H, a.f, s, I + r0, I + r1, s->tmp + (r1 - r0));
         for (int r = r0; r < r1; r++) {
             float gt = s->tmp[r - r0], up = s->tmp[r1 - r0 + r - r0];
             if (L->b_gu) gt += L->b_gu[r], up += L->b_gu[I + r];
@@ -722,6 +759,7 @@ static void decode_body(void *ctx, int tid, int nth) {
         prep(s, m->act, I, L->down.kind, &a);
         split(H, tid, nth, 16, &r0, &r1);
         matvec_rows(&L->down, &a, r0, r1, s->tmp);
+        lora_rows(L, 3, I, a.f, s, r0, r1, s->tmp);
         for (int r = r0; r < r1; r++) m->x[r] += s->tmp[r - r0] + (L->b_down ? L->b_down[r] : 0.f);
         barrier(p, &sense);
     }

@@ -130,6 +130,26 @@ class DecodeEngine:
         self._shape = (a.num_kv_heads, a.head_dim)
         self._bound = None  # the layer-0 key buffer the engine's cache pointers were set from
         self.logits = np.empty(a.vocab_size, np.float32)
+        self._lora_keep = []
+        self.set_adapters(model)
+
+    def set_adapters(self, model) -> None:
+        """Hand the engine each layer's LoRA matrices (``LayerWeights.lora``), or clear them."""
+        keep = []
+        for i, lw in enumerate(model.weights.layers):
+            lora = lw.lora or {}
+            for which, name in enumerate(("qkv", "o", "gu", "down")):
+                e = lora.get(name)
+                if e is None:
+                    rc = self.lib.syn_set_lora(self._ctx, i, which, 0, None, None)
+                else:
+                    a_rows, b_rows = e[2], e[3]  # (r, K), (N, r) contiguous float32
+                    keep += [a_rows, b_rows]
+                    rc = self.lib.syn_set_lora(self._ctx, i, which, a_rows.shape[0], a_rows.ctypes.data,
+                                               b_rows.ctypes.data)
+                if rc != 0:
+                    raise MemoryError(f"[DecodeEngine] could not set the adapter of layer {i} (code {rc})")
+        self._lora_keep = keep
 
     @property
     def simd(self) -> str:

@@ -42,6 +42,12 @@ def _rms_unit(x: np.ndarray, eps: np.float32) -> np.ndarray:
     return x / ms
 
 
+def _lora(x: np.ndarray, lora: Optional[dict], name: str):
+    """The adapter's ``(x @ A) @ B`` for matrix ``name`` (scale folded into B), or None."""
+    ab = lora.get(name) if lora is not None else None
+    return None if ab is None else (x @ ab[0]) @ ab[1]
+
+
 def _silu_mul(gu: np.ndarray, inter: int) -> np.ndarray:
     """silu(gate) * up for gu = [gate | up] along the last axis."""
     gate, up = gu[..., :inter], gu[..., inter:]
@@ -110,6 +116,18 @@ class NumpyModel:
     @property
     def engine_status(self) -> str:
         return self._engine_state
+
+    def set_lora(self, per_layer: Optional[list]) -> None:
+        """Per layer the adapter matrices (``adapter.build_lora``), or None: no adapter.
+
+        Use ``adapter.apply_adapter`` / ``remove_adapter``; the engine, if built, is updated too."""
+        per_layer = per_layer if per_layer is not None else [None] * self.num_layers
+        if len(per_layer) != self.num_layers:
+            raise ValueError(f"[NumpyModel.set_lora] {len(per_layer)} layers given, model has {self.num_layers}")
+        for lw, entry in zip(self.layers, per_layer):
+            lw.lora = entry or None
+        if self._engine is not None:
+            self._engine.set_adapters(self)
 
     def step_logits(self, token: int, cache) -> np.ndarray:
         """Logits (V,) for one token at the cache's next position.
@@ -248,7 +266,10 @@ class NumpyModel:
         """One layer for one token; x (1, H).  Same math as _layer, fewer NumPy calls."""
         nh, nkv, d = self._nh, self._nkv, self._d
         x0 = x[0]
-        qkv = (x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f))) @ lw.w_qkv
+        xn = x * (1.0 / math.sqrt(float(np.dot(x0, x0)) * self._inv_h + self._eps_f))
+        qkv = xn @ lw.w_qkv
+        if lw.lora is not None and "qkv" in lw.lora:
+            qkv += _lora(xn, lw.lora, "qkv")
         if lw.b_qkv is not None:
             qkv += lw.b_qkv
         qkv = qkv.reshape(nh + 2 * nkv, d)
@@ -264,6 +285,8 @@ class NumpyModel:
         o = s @ values
         o /= _sum(s, axis=-1, keepdims=True)
         out = o.reshape(1, nh * d) @ lw.w_o
+        if lw.lora is not None and "o" in lw.lora:
+            out += _lora(o.reshape(1, nh * d), lw.lora, "o")
         if lw.b_o is not None:
             out += lw.b_o
         x = x + out
@@ -274,10 +297,14 @@ class NumpyModel:
         """``x += down(silu(gate) * up)`` of the normalised ``xn`` (norm weight folded into w_gu);
         one token (the NumPy decode path)."""
         gu = xn @ lw.w_gu
+        if lw.lora is not None and "gu" in lw.lora:
+            gu += _lora(xn, lw.lora, "gu")
         if lw.b_gu is not None:
             gu += lw.b_gu
         act = _silu_mul(gu, self._inter)
         out = act @ lw.w_down
+        if lw.lora is not None and "down" in lw.lora:
+            out += _lora(act, lw.lora, "down")
         if lw.b_down is not None:
             out += lw.b_down
         x += out
@@ -298,11 +325,16 @@ class NumpyModel:
         """RMSNorm(x) @ W (+ bias) for W = qkv (input norm) or gu (post-attention norm)."""
         bias = lw.b_qkv if name == "qkv" else lw.b_gu
         t = tiles.get(name)
+        unit = None
         if t is not None:
-            return self._engine.gemm(t, x, rms=True, norm=lw.packed["ln1" if name == "qkv" else "ln2"], bias=bias)
-        y = _rms_unit(x, self._eps) @ (lw.w_qkv if name == "qkv" else lw.w_gu)
-        if bias is not None:
-            y += bias
+            y = self._engine.gemm(t, x, rms=True, norm=lw.packed["ln1" if name == "qkv" else "ln2"], bias=bias)
+        else:
+            unit = _rms_unit(x, self._eps)
+            y = unit @ (lw.w_qkv if name == "qkv" else lw.w_gu)
+            if bias is not None:
+                y += bias
+        if lw.lora is not None and name in lw.lora:  # A has the norm weight folded in: the unit-RMS input
+            y += _lora(_rms_unit(x, self._eps) if unit is None else unit, lw.lora, name)
         return y
 
     def _add_matmul(self, x: np.ndarray, a: np.ndarray, lw: LayerWeights, tiles: dict, name: str) -> np.ndarray:
@@ -310,11 +342,15 @@ class NumpyModel:
         bias = lw.b_o if name == "o" else lw.b_down
         t = tiles.get(name)
         if t is not None:
-            return self._engine.gemm(t, a, out=x, accumulate=True, bias=bias)
-        out = a @ (lw.w_o if name == "o" else lw.w_down)
-        if bias is not None:
-            out += bias
-        return x + out
+            x = self._engine.gemm(t, a, out=x, accumulate=True, bias=bias)
+        else:
+            out = a @ (lw.w_o if name == "o" else lw.w_down)
+            if bias is not None:
+                out += bias
+            x = x + out
+        if lw.lora is not None and name in lw.lora:
+            x += _lora(a, lw.lora, name)
+        return x
 
     def _layer(self, x, lw: LayerWeights, c, mask, cos, sin, keep: Optional[int] = None,
                tiles: Optional[dict] = None) -> np.ndarray:

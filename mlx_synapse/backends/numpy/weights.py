@@ -44,6 +44,12 @@ class LayerWeights:
     # above serve), "ln1"/"ln2" -> the RMSNorm weights a packed matrix needs applied
     # to its input (the float rows have them folded in).  None when not packed.
     packed: Optional[dict] = None
+    # The RMSNorm weights folded into w_qkv / w_gu (a LoRA adapter folds them into its A the same way).
+    ln1: Optional[np.ndarray] = None
+    ln2: Optional[np.ndarray] = None
+    # A LoRA adapter, or None: "qkv"/"o"/"gu"/"down" -> (A (K, r), B (r, N), A rows (r, K), B rows (N, r)),
+    # set by ``adapter.apply_adapter``; the forward adds (xn @ A) @ B beside each product.
+    lora: Optional[dict] = None
 
 
 @dataclass
@@ -238,6 +244,8 @@ def load_weights(store: TensorStore, args: ModelArgs, pack: bool = True) -> Mode
             b_down=ld.bias(m + ".down_proj", H, down_bias),
             qk_norm=qk_norm,
             packed=packed,
+            ln1=ln1,
+            ln2=ln2,
         )
 
     # Dequantizing and copying release the GIL, so layers load in parallel.

@@ -11,6 +11,8 @@ COMMANDS = {
     "memory": "mlx_synapse.memory.__main__",
     "chat": "mlx_synapse.chat",
     "bench": "mlx_synapse.bench",
+    "serve": "mlx_synapse.server.__main__",
+    "server": "mlx_synapse.server.__main__",
 }
 
 

@@ -1,0 +1,361 @@
+"""The OpenAI endpoints (chat, completions, models, embeddings) and ``/v1/memories``.
+
+A generation holds one of the engine's slots from admission to its last token; a
+stream's first token is produced before the response starts, so a prompt the model
+cannot take is a 4xx, not a broken stream. The client's leaving (a closed stream, or a
+disconnect while a non-streamed reply is generated) closes the generator at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import time
+from typing import Optional
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .errors import ApiError
+from .generation import StopText, chat_stream, completion_stream
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, MemoryAdd
+
+router = APIRouter()
+
+
+def _state(request: Request):
+    return request.app.state.synapse
+
+
+def user_of(request: Request, body_user: Optional[str] = None) -> str:
+    """The memory bank user: the body's ``user``, else the ``X-Synapse-User`` header, else
+    the ``user`` query parameter, else the server's default user."""
+    st = _state(request)
+    user = body_user or request.headers.get("x-synapse-user") or request.query_params.get("user") or st.config.default_user
+    if not user.strip() or len(user.encode()) > 256:
+        raise ApiError(400, f"'user' must be 1 to 256 bytes of non-blank text but got {user[:40]!r}; send the "
+                            "name whose memories this request reads and writes.", param="user", code="invalid_user")
+    return user
+
+
+def _entry(e, score=None) -> dict:
+    d = {"id": e.id, "object": "memory", "text": e.text, "source": e.source, "created": int(e.created),
+         "last_access": int(e.last_access), "hits": e.hits, "tier": e.tier}
+    if score is not None:
+        d["score"] = round(float(score), 4)
+    return d
+
+
+def _sampling(st, req) -> tuple:
+    """``(max_tokens, stream_generate options)`` for ``req``, checked against the server's limits."""
+    if req.n != 1:
+        raise ApiError(400, f"n={req.n} is not supported; this server returns one choice per request (n=1). "
+                            "Send several requests instead.", param="n", code="unsupported")
+    if req.logprobs:
+        raise ApiError(400, "logprobs are not supported by this server yet; drop 'logprobs'.", param="logprobs",
+                       code="unsupported")
+    if len(req.stops()) > 4:
+        raise ApiError(400, f"'stop' has {len(req.stops())} sequences; at most 4 are allowed.", param="stop")
+    want = getattr(req, "max_completion_tokens", None) or req.max_tokens or st.config.default_max_tokens
+    if want > st.config.max_tokens_limit:
+        raise ApiError(400, f"max_tokens={want} is more than this server allows ({st.config.max_tokens_limit}); "
+                            "ask for fewer or start the server with a larger --max-tokens-limit.",
+                       param="max_tokens", code="max_tokens_too_large")
+    c = st.config
+    opts = dict(temp=req.temperature if req.temperature is not None else c.temperature,
+                top_p=req.top_p if req.top_p is not None else 1.0, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
+                repetition_penalty=req.repetition_penalty, seed=req.seed)
+    return want, opts
+
+
+def _check_chars(st, n: int, what: str) -> None:
+    if n > st.config.max_prompt_chars:
+        raise ApiError(413, f"the {what} is {n:,} characters; this server takes at most {st.config.max_prompt_chars:,}. "
+                            "Send less text or start the server with a larger --max-prompt-chars.",
+                       code="prompt_too_long")
+
+
+async def _generate(request: Request, make, *, stream: bool, include_usage: bool, stops, kind: str):
+    """Admit, build the generator on the worker thread, then stream or collect it."""
+    st = _state(request)
+    t0 = time.perf_counter()
+    stack = contextlib.AsyncExitStack()
+    await stack.enter_async_context(st.engine.slot())
+    try:
+        gen, turn = await st.engine.call(make)
+        tokens = st.engine.iterate(gen)
+        stack.push_async_callback(tokens.aclose)
+        try:
+            first = await tokens.__anext__()
+        except StopAsyncIteration:
+            first = None
+    except ValueError as e:  # the core's own one-line messages (empty message, prompt longer than the context)
+        await stack.aclose()
+        raise ApiError(400, str(e), code="invalid_prompt") from None
+    except BaseException:
+        await stack.aclose()
+        raise
+    st.metrics.ttft.labels(kind).observe(time.perf_counter() - t0)
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+    created = int(time.time())
+    ext = {}
+    if kind == "chat":
+        ext = {"memories": [_entry(e, s) for e, s in turn.memories], "memory_learned": turn.learned}
+        if turn.notes:
+            ext["notes"] = turn.notes
+
+    async def pieces():
+        """``(text, finish_reason, last GenerationResponse)`` until the end or a stop sequence."""
+        cut = StopText(stops)
+        last, item = None, first
+        while item is not None:
+            last = item
+            text, hit = cut.feed(item.text)
+            if hit:
+                yield text, "stop", last
+                return
+            if item.finish_reason:
+                yield text + cut.flush(), item.finish_reason, last
+                return
+            if text:
+                yield text, None, last
+            try:
+                item = await tokens.__anext__()
+            except StopAsyncIteration:
+                item = None
+        yield cut.flush(), "stop", last
+
+    def usage(last) -> dict:
+        p = last.prompt_tokens if last else 0
+        n = last.generation_tokens if last else 0
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+    def account(last, finish) -> None:
+        if last is not None:
+            st.metrics.prompt_tokens.inc(last.prompt_tokens)
+            st.metrics.generated_tokens.inc(last.generation_tokens)
+        st.engine.last_finish = (finish, last.generation_tokens if last else 0)
+
+    if not stream:
+        text, finish, last = "", "stop", None
+        watch = asyncio.ensure_future(_watch_disconnect(request))
+        try:
+            collect = asyncio.ensure_future(_collect(pieces()))
+            done, _ = await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if collect not in done:  # the client left: stop generating now
+                collect.cancel()
+                st.engine.cancelled += 1
+                account(None, "cancelled")
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await collect
+                return JSONResponse({"error": {"message": "client disconnected", "type": "invalid_request_error",
+                                               "param": None, "code": "client_disconnected"}}, status_code=499)
+            text, finish, last = collect.result()
+        finally:
+            watch.cancel()
+            await stack.aclose()
+        account(last, finish)
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": finish}
+            body = {"id": rid, "object": "chat.completion", "created": created, "model": st.model_id,
+                    "choices": [choice], "usage": usage(last), **ext}
+        else:
+            body = {"id": rid, "object": "text_completion", "created": created, "model": st.model_id,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                    "usage": usage(last)}
+        return JSONResponse(body)
+
+    def chunk(delta_or_text, finish) -> str:
+        if kind == "chat":
+            choice = {"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish}
+            obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": st.model_id,
+                   "choices": [choice]}
+        else:
+            obj = {"id": rid, "object": "text_completion", "created": created, "model": st.model_id,
+                   "choices": [{"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish}]}
+        return obj
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    async def body():
+        last, finish, done = None, None, False
+        try:
+            if kind == "chat":
+                yield sse({**chunk({"role": "assistant", "content": ""}, None), **ext})
+            async for text, finish, last in pieces():
+                if text:
+                    yield sse(chunk({"content": text} if kind == "chat" else text, None))
+                if finish:
+                    yield sse(chunk({} if kind == "chat" else "", finish))
+            if include_usage:
+                yield sse({"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                           "created": created, "model": st.model_id, "choices": [], "usage": usage(last)})
+            yield "data: [DONE]\n\n"
+            done = True
+        finally:
+            if not done:
+                st.engine.cancelled += 1
+            account(last, finish if done else "cancelled")
+            await stack.aclose()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _collect(pieces):
+    text, finish, last = "", "stop", None
+    async for t, f, last in pieces:
+        text += t
+        finish = f or finish
+    return text, finish, last
+
+
+async def _watch_disconnect(request: Request):
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.1)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: ChatRequest, request: Request):
+    st = _state(request)
+    if req.tools:
+        raise ApiError(400, "tool calling is not supported by this server yet; drop 'tools'.", param="tools",
+                       code="unsupported")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise ApiError(400, f"response_format {req.response_format.get('type')!r} is not supported yet; "
+                            "drop 'response_format' (plain text only).", param="response_format", code="unsupported")
+    _check_chars(st, sum(len(m.text()) for m in req.messages), "conversation")
+    user = user_of(request, req.user)
+    memory = st.config.memory if req.memory is None else req.memory
+    if memory and st.bank is None:
+        raise ApiError(400, "this server runs without a memory bank (--no-memory); send \"memory\": false.",
+                       param="memory", code="memory_off")
+    max_tokens, opts = _sampling(st, req)
+    make = lambda: chat_stream(st.model, st.tokenizer, st.bank, req.messages, user=user,  # noqa: E731
+                               memory=memory, max_tokens=max_tokens, sampling=opts)
+    return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="chat",
+                           include_usage=bool(req.stream_options and req.stream_options.include_usage))
+
+
+@router.post("/v1/completions")
+async def completions(req: CompletionRequest, request: Request):
+    st = _state(request)
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise ApiError(400, f"'prompt' has {len(prompt)} texts; send one per request.", param="prompt")
+            prompt = prompt[0]
+        elif not prompt:
+            raise ApiError(400, "'prompt' is empty; send text or token ids.", param="prompt")
+    if isinstance(prompt, str):
+        _check_chars(st, len(prompt), "prompt")
+    if req.echo:
+        raise ApiError(400, "echo is not supported; drop 'echo'.", param="echo", code="unsupported")
+    max_tokens, opts = _sampling(st, req)
+    make = lambda: completion_stream(st.model, st.tokenizer, prompt, max_tokens=max_tokens, sampling=opts)  # noqa
+    return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="text",
+                           include_usage=bool(req.stream_options and req.stream_options.include_usage))
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    st = _state(request)
+    return {"object": "list", "data": [{"id": st.model_id, "object": "model", "created": st.created,
+                                        "owned_by": "mlx_synapse", "backend": getattr(st.model, "backend", "mlx")}]}
+
+
+@router.post("/v1/embeddings")
+async def embeddings(req: EmbeddingRequest, request: Request):
+    st = _state(request)
+    if st.bank is None:
+        raise ApiError(400, "this server runs without a memory bank (--no-memory), so it has no sentence encoder "
+                            "for embeddings; start it without --no-memory.", code="no_encoder")
+    texts = [req.input] if isinstance(req.input, str) else list(req.input)
+    if not texts or any(not t for t in texts):
+        raise ApiError(400, "'input' has an empty text; send non-empty strings.", param="input")
+    if len(texts) > 256:
+        raise ApiError(400, f"'input' has {len(texts)} texts; send at most 256 per request.", param="input")
+    _check_chars(st, sum(len(t) for t in texts), "input")
+    vecs = np.asarray(await st.engine.call(st.bank.encoder, texts), np.float32)
+    data = []
+    for i, v in enumerate(vecs):
+        emb = base64.b64encode(v.astype("<f4").tobytes()).decode() if req.encoding_format == "base64" else v.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    n = sum(len(st.tokenizer.encode(t)) for t in texts)
+    return {"object": "list", "data": data, "model": getattr(st.bank.encoder, "name", "encoder"),
+            "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+def _bank(request: Request):
+    st = _state(request)
+    if st.bank is None:
+        raise ApiError(404, "this server runs without a memory bank (--no-memory); start it without that flag.",
+                       code="memory_off")
+    return st
+
+
+@router.get("/v1/memories")
+async def list_memories(request: Request, user: Optional[str] = None):
+    st = _bank(request)
+    who = user_of(request, user)
+    entries = await st.engine.call(lambda: st.bank.list(user=who))
+    return {"object": "list", "user": who, "data": [_entry(e) for e in entries]}
+
+
+@router.get("/v1/memories/search")
+async def search_memories(request: Request, q: str = Query(..., min_length=1), k: int = Query(5, ge=1, le=100),
+                          user: Optional[str] = None):
+    st = _bank(request)
+    who = user_of(request, user)
+    hits = await st.engine.call(lambda: st.bank.search(q, k, user=who, touch=False))
+    return {"object": "list", "user": who, "data": [_entry(e, s) for e, s in hits]}
+
+
+@router.post("/v1/memories", status_code=201)
+async def add_memory(req: MemoryAdd, request: Request):
+    st = _bank(request)
+    who = user_of(request, req.user)
+    _check_chars(st, len(req.text), "memory text")
+
+    def add():
+        i = st.bank.add(req.text, user=who, source="server", force=True)
+        return st.bank.get(i, user=who)
+
+    try:
+        e = await st.engine.call(add)
+    except ValueError as err:
+        raise ApiError(400, str(err), param="text") from None
+    return _entry(e)
+
+
+@router.delete("/v1/memories/{memory_id}")
+async def delete_memory(memory_id: int, request: Request, user: Optional[str] = None):
+    st = _bank(request)
+    who = user_of(request, user)
+
+    def forget():
+        if st.bank.get(memory_id, user=who) is None:
+            return False
+        st.bank.forget([memory_id], user=who)
+        return True
+
+    if not await st.engine.call(forget):
+        raise ApiError(404, f"user {who!r} has no memory {memory_id}; list them with GET /v1/memories.",
+                       code="memory_not_found")
+    return {"id": memory_id, "object": "memory.deleted", "deleted": True}
+
+
+@router.get("/health")
+async def health(request: Request):
+    st = _state(request)
+    status = "shutting_down" if st.engine.closing else "ok"
+    return JSONResponse({"status": status, "model": st.model_id, "active": st.engine.active,
+                         "waiting": st.engine.waiting, "parallel": st.engine.parallel},
+                        status_code=503 if st.engine.closing else 200)

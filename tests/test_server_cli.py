@@ -1,0 +1,71 @@
+"""``python -m mlx_synapse.server`` as a process: refuses to listen beyond loopback
+without an API key, and on SIGTERM lets the reply being streamed finish, then exits
+(with SIGTERM's status, as uvicorn re-raises the signal after its graceful shutdown)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from .server_util import free_port, tiny_model_dir  # noqa: E402
+
+
+def _run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mlx_synapse.server", *args], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_public_host_needs_an_api_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLX_SYNAPSE_API_KEY"}
+    r = _run("--host", "0.0.0.0", "--model", str(tmp_path), env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr
+    assert "API key" in lines[0] and "127.0.0.1" in lines[0]
+    r = _run("--api-key-file", str(tmp_path / "missing"), env=env)
+    assert r.returncode == 2 and "--api-key-file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_lets_the_running_stream_finish(tmp_path, smollm2_dir):
+    model = tiny_model_dir(tmp_path, smollm2_dir)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_synapse.server", "--model", str(model), "--backend", "numpy",
+                             "--no-memory", "--port", str(port), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() - t0 < 90, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.2)
+        body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 40, "stream": True,
+                "stream_options": {"include_usage": True}}
+        events = []
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 3:
+                        proc.send_signal(signal.SIGTERM)
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["usage"]["completion_tokens"] == 40  # finished, not cut
+        # uvicorn re-raises the signal once its shutdown is done, so the exit is SIGTERM's own
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

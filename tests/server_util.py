@@ -1,13 +1,11 @@
-"""A live uvicorn server in a thread of the test process, on a free loopback port, and
-the tiny model the server tests run on (random weights, the default model's tokenizer)."""
+"""The tiny model the server tests run on (random weights, the default model's tokenizer)
+and the in-process live server."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
-import threading
-import time
+
+from mlx_synapse.server.live import free_port, live  # noqa: F401
 
 from .test_hardening_chat_cli import _tiny_llama
 
@@ -18,30 +16,3 @@ def tiny_model_dir(out, smollm2_dir):
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(smollm2_dir / f, out / f)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def live(app):
-    """Serve ``app`` with uvicorn until the block ends; yields the base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    t0 = time.monotonic()
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() - t0 > 30:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)

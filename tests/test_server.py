@@ -90,6 +90,59 @@ def test_text_completion_and_stop_sequence(client, tiny):
     assert streamed == want[:want.index(stop)]
 
 
+def test_logprobs_are_the_models(client, tiny):
+    model, tok = tiny
+    from mlx_synapse.generate import stream_generate
+
+    ids = build_prompt(tok, "Hi there.")
+    want = [(r.token, float(np.asarray(r.logprobs)[r.token]), np.sort(np.asarray(r.logprobs))[::-1][:3])
+            for r in stream_generate(model, tok, ids, max_tokens=5)]
+    r = client.chat.completions.create(model="t", messages=[{"role": "user", "content": "Hi there."}], max_tokens=5,
+                                       logprobs=True, top_logprobs=3, extra_body={"memory": False})
+    content = r.choices[0].logprobs.content
+    assert [c.token for c in content] == [tok.decode([t]) for t, _, _ in want]
+    np.testing.assert_allclose([c.logprob for c in content], [lp for _, lp, _ in want], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([[x.logprob for x in c.top_logprobs] for c in content], [t for _, _, t in want],
+                               rtol=1e-5, atol=1e-5)
+    assert content[0].top_logprobs[0].logprob >= content[0].logprob  # greedy: the sampled one is the best
+    streamed = [c for ch in client.chat.completions.create(
+        model="t", messages=[{"role": "user", "content": "Hi there."}], max_tokens=5, logprobs=True, stream=True,
+        extra_body={"memory": False}) if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    t = client.completions.create(model="t", prompt="Once upon a time", max_tokens=4, logprobs=2).choices[0].logprobs
+    assert len(t.tokens) == len(t.token_logprobs) == len(t.top_logprobs) == 4 and t.text_offset[0] == 0
+    assert all(len(d) <= 2 and max(d.values()) >= lp for d, lp in zip(t.top_logprobs, t.token_logprobs))
+
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["colour", "size", "ok"],
+          "properties": {"colour": {"enum": ["red", "green", "blue"]}, "size": {"type": "integer", "minimum": 1,
+                                                                                 "maximum": 9},
+                         "ok": {"type": "boolean"}}}
+
+
+def test_json_schema_output_parses_and_conforms(client):
+    pytest.importorskip("llguidance")
+    msgs = [{"role": "user", "content": "Describe a ball as JSON."}]
+    free = client.chat.completions.create(model="t", messages=msgs, max_tokens=40, extra_body={"memory": False})
+    with pytest.raises(ValueError):  # the random model alone does not write JSON
+        json.loads(free.choices[0].message.content)
+    for seed in (0, 1, 2):
+        r = client.chat.completions.create(
+            model="t", messages=msgs, max_tokens=40, temperature=1.0, seed=seed, extra_body={"memory": False},
+            response_format={"type": "json_schema", "json_schema": {"name": "ball", "schema": SCHEMA}})
+        obj = json.loads(r.choices[0].message.content)
+        assert r.choices[0].finish_reason == "stop"
+        assert set(obj) == {"colour", "size", "ok"} and obj["colour"] in ("red", "green", "blue")
+        assert isinstance(obj["size"], int) and 1 <= obj["size"] <= 9 and isinstance(obj["ok"], bool)
+    r = client.chat.completions.create(model="t", messages=msgs, max_tokens=60, extra_body={"memory": False},
+                                       response_format={"type": "json_object"}, stream=True)
+    chunks = [c for c in r if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.startswith("{")
+    if chunks[-1].choices[0].finish_reason == "stop":  # else cut by max_tokens: a prefix of an object
+        assert isinstance(json.loads(text), dict)
+
+
 def test_models_and_embeddings(client):
     assert [m.id for m in client.models.list().data] == ["mlx-synapse"]
     r = client.embeddings.create(model="enc", input=["my dog", "a cat"])
@@ -115,6 +168,12 @@ def test_memory_is_per_user_and_returned_with_the_reply(server, client):
     assert httpx.get(url + "/v1/memories/search", params={"user": "alice", "q": "sister Porto"}).json()["data"][0]["id"] == mid
     gone = httpx.delete(url + f"/v1/memories/{mid}", params={"user": "bob"})
     assert gone.status_code == 404 and _err(gone)["code"] == "memory_not_found"
+    assert httpx.patch(url + f"/v1/memories/{mid}", json={"text": "x", "user": "bob"}).status_code == 404
+    r = httpx.patch(url + f"/v1/memories/{mid}", json={"text": "My sister Ana lives in Lyon.", "user": "alice"})
+    assert r.status_code == 200 and r.json()["text"] == "My sister Ana lives in Lyon."
+    stats = httpx.get(url + "/v1/memories/stats", params={"user": "alice"}).json()
+    assert stats["entries"] == 1 and stats["tiers"]["hot"] == 1 and "users" not in stats
+    assert httpx.get(url + "/v1/memories/stats", params={"user": "bob"}).json()["entries"] == 0
     assert httpx.delete(url + f"/v1/memories/{mid}", headers={"X-Synapse-User": "alice"}).json()["deleted"]
     assert httpx.get(url + "/v1/memories", params={"user": "alice"}).json()["data"] == []
 
@@ -143,7 +202,9 @@ BAD = [  # (body or raw bytes, status, code or param)
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400, "tools"),
-    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}, 400, "response_format.type"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}, 400,
+     "response_format.json_schema.schema"),
     ({"messages": [{"role": "assistant", "content": "x"}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "   "}]}, 400, "invalid_prompt"),
 ]
@@ -253,3 +314,26 @@ def test_client_leaving_mid_stream_stops_generation(server):
             "messages": [{"role": "user", "content": "Count."}], "max_tokens": 400, "memory": False})
     assert _wait(lambda: st.engine.active == 0, timeout=20)
     assert st.engine.cancelled == before + 1
+
+
+def test_flood_past_the_queue_gets_429s_and_health_stays_fast(tiny):
+    """40 requests at once against 1 slot and a queue of 2: every answer is 200 or 429
+    (no 5xx, none lost), and /health answers quickly throughout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tok = tiny
+    app = create_app(model, tok, None, ServerConfig(memory=False, parallel=1, max_queue=2))
+    with live(app) as url:
+        body = {"messages": [{"role": "user", "content": "Hello."}], "max_tokens": 16}
+        with ThreadPoolExecutor(40) as pool:
+            futures = [pool.submit(httpx.post, url + "/v1/chat/completions", json=body, timeout=120) for _ in range(40)]
+            pings = []
+            with httpx.Client() as c:
+                while not all(f.done() for f in futures):
+                    t0 = time.perf_counter()
+                    assert c.get(url + "/health").status_code == 200
+                    pings.append(time.perf_counter() - t0)
+                    time.sleep(0.05)
+            codes = sorted(f.result().status_code for f in futures)
+    assert set(codes) <= {200, 429} and codes.count(200) >= 3 and codes.count(429) >= 1, codes
+    assert pings and float(np.median(pings)) < 0.1, pings

@@ -1,5 +1,5 @@
 """``python -m mlx_synapse.server`` as a process: refuses to listen beyond loopback
-without an API key, and on SIGTERM lets the reply being streamed finish, then exits
+without an API key; a SIGKILL during memory writes loses no acknowledged write; on SIGTERM lets the reply being streamed finish, then exits
 (with SIGTERM's status, as uvicorn re-raises the signal after its graceful shutdown)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -69,3 +70,67 @@ def test_sigterm_lets_the_running_stream_finish(tmp_path, smollm2_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _start(args, port):
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_synapse.server", *args, "--port", str(port),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() - t0 > 120:
+            proc.kill()
+            raise AssertionError(proc.stderr.read())
+        time.sleep(0.2)
+
+
+def test_sigkill_during_memory_writes_keeps_every_acknowledged_write(tmp_path, smollm2_dir):
+    """The server is killed (SIGKILL) while a client adds memories as fast as it can; the
+    database then opens cleanly and holds every memory whose 201 the client received."""
+    from mlx_synapse.memory.bank import MemoryBank
+
+    model, db = tiny_model_dir(tmp_path, smollm2_dir), tmp_path / "m.db"
+    proc, url = _start(["--model", str(model), "--backend", "numpy", "--db", str(db)], free_port())
+    acked, stop = [], threading.Event()
+
+    def writer():
+        with httpx.Client(timeout=10) as c:
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = c.post(url + "/v1/memories", json={"text": f"Fact number {i} is about item {i * 7}.",
+                                                           "user": "kim"})
+                except httpx.TransportError:
+                    return
+                if r.status_code == 201:
+                    acked.append((r.json()["id"], r.json()["text"]))
+                i += 1
+
+    t = threading.Thread(target=writer)
+    try:
+        t.start()
+        assert _until(lambda: len(acked) >= 20, 120), "no writes acknowledged"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        stop.set()
+        t.join(30)
+        if proc.poll() is None:
+            proc.kill()
+    with MemoryBank(db, backend="numpy") as bank:
+        kept = {e.id: e.text for e in bank.list(user="kim")}
+    assert len(acked) >= 20 and all(kept.get(i) == text for i, text in acked), (len(acked), len(kept))
+
+
+def _until(cond, timeout):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional, Sequence
 
@@ -64,6 +64,7 @@ class State:
     metrics: Metrics
     model_id: str
     created: int
+    lltok: dict = field(default_factory=dict)  # llguidance tokenizers by vocabulary size (structured output)
 
 
 def _endpoint(path: str) -> str:

@@ -10,10 +10,12 @@ at the first ``next``) and what the turn read and wrote.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Tuple
 
 from ..assistant import Assistant
+import numpy as np
+
 from ..generate import build_prompt, stream_generate
 from .errors import ApiError
 
@@ -51,6 +53,30 @@ class StopText:
         return out
 
 
+@dataclass
+class TokenLogprob:
+    """The sampled token's text and log-probability, and the ``top`` most likely tokens."""
+
+    token: str
+    logprob: float
+    top: List[Tuple[str, float]]
+
+
+def with_logprobs(gen: Iterator, tokenizer, top: Optional[int]) -> Iterator:
+    """``gen``'s responses with ``logprobs`` replaced by a :class:`TokenLogprob` (``top``
+    given) or None, computed here, on the worker thread, so that no (V,) array leaves it.
+    The log-probabilities are those the sampler saw (after the copy bias, when memories
+    were shown)."""
+    for r in gen:
+        info = None
+        if top is not None:
+            lp = np.asarray(r.logprobs, np.float32).reshape(-1)
+            best = np.argsort(-lp, kind="stable")[:top] if top else []
+            info = TokenLogprob(tokenizer.decode([r.token]), float(lp[r.token]),
+                                [(tokenizer.decode([int(i)]), float(lp[i])) for i in best])
+        yield replace(r, logprobs=info)
+
+
 def _split(messages) -> Tuple[Optional[str], List[Tuple[str, str]], str]:
     """``(system text, earlier (user, assistant) pairs, last user message)``."""
     system = "\n\n".join(m.text() for m in messages if m.role in ("system", "developer")) or None
@@ -63,7 +89,7 @@ def _split(messages) -> Tuple[Optional[str], List[Tuple[str, str]], str]:
 
 
 def chat_stream(model, tokenizer, bank, messages, *, user: str, memory: bool, max_tokens: int,
-                sampling: dict) -> Tuple[Iterator, Turn]:
+                sampling: dict, top_logprobs: Optional[int] = None, constraint=None) -> Tuple[Iterator, Turn]:
     if memory:
         system, pairs, message = _split(messages)
         a = Assistant(model, tokenizer, bank, user=user, max_tokens=max_tokens, system=system)
@@ -82,8 +108,14 @@ def chat_stream(model, tokenizer, bank, messages, *, user: str, memory: bool, ma
             ids = build_prompt(tokenizer, "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:",
                                use_chat_template=False)
         procs, turn = [], Turn()
-    return stream_generate(model, tokenizer, ids, max_tokens=max_tokens, logits_processors=procs, **sampling), turn
+    if constraint is not None:  # last, so that nothing lifts a forbidden token back
+        procs = list(procs) + [constraint]
+    gen = stream_generate(model, tokenizer, ids, max_tokens=max_tokens, logits_processors=procs, **sampling)
+    return with_logprobs(gen, tokenizer, top_logprobs), turn
 
 
-def completion_stream(model, tokenizer, prompt, *, max_tokens: int, sampling: dict) -> Tuple[Iterator, Turn]:
-    return stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, **sampling), Turn()
+def completion_stream(model, tokenizer, prompt, *, max_tokens: int, sampling: dict,
+                      top_logprobs: Optional[int] = None, constraint=None) -> Tuple[Iterator, Turn]:
+    procs = [constraint] if constraint is not None else None
+    gen = stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, logits_processors=procs, **sampling)
+    return with_logprobs(gen, tokenizer, top_logprobs), Turn()

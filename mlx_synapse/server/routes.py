@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .errors import ApiError
 from .generation import StopText, chat_stream, completion_stream
-from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, MemoryAdd
+from .structured import GrammarProcessor, grammar_for, ll_tokenizer
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, MemoryAdd, MemoryUpdate
 
 router = APIRouter()
 
@@ -55,9 +56,6 @@ def _sampling(st, req) -> tuple:
     if req.n != 1:
         raise ApiError(400, f"n={req.n} is not supported; this server returns one choice per request (n=1). "
                             "Send several requests instead.", param="n", code="unsupported")
-    if req.logprobs:
-        raise ApiError(400, "logprobs are not supported by this server yet; drop 'logprobs'.", param="logprobs",
-                       code="unsupported")
     if len(req.stops()) > 4:
         raise ApiError(400, f"'stop' has {len(req.stops())} sequences; at most 4 are allowed.", param="stop")
     want = getattr(req, "max_completion_tokens", None) or req.max_tokens or st.config.default_max_tokens
@@ -79,7 +77,27 @@ def _check_chars(st, n: int, what: str) -> None:
                        code="prompt_too_long")
 
 
-async def _generate(request: Request, make, *, stream: bool, include_usage: bool, stops, kind: str):
+def _chat_logprobs(lps) -> Optional[dict]:
+    if lps is None:
+        return None
+    def one(t, lp):
+        return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
+    return {"content": [{**one(x.token, x.logprob), "top_logprobs": [one(t, lp) for t, lp in x.top]} for x in lps]}
+
+
+def _text_logprobs(lps, offset: int = 0) -> Optional[dict]:
+    if lps is None:
+        return None
+    offsets, o = [], offset
+    for x in lps:
+        offsets.append(o)
+        o += len(x.token)
+    return {"tokens": [x.token for x in lps], "token_logprobs": [x.logprob for x in lps],
+            "top_logprobs": [{t: lp for t, lp in x.top} for x in lps], "text_offset": offsets}
+
+
+async def _generate(request: Request, make, *, stream: bool, include_usage: bool, stops, kind: str,
+                    logprobs: bool = False):
     """Admit, build the generator on the worker thread, then stream or collect it."""
     st = _state(request)
     t0 = time.perf_counter()
@@ -109,25 +127,26 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
             ext["notes"] = turn.notes
 
     async def pieces():
-        """``(text, finish_reason, last GenerationResponse)`` until the end or a stop sequence."""
+        """``(text, finish_reason, last GenerationResponse, token logprobs or None)`` until the
+        end or a stop sequence; the logprobs are those of the tokens since the previous piece."""
         cut = StopText(stops)
-        last, item = None, first
+        last, item, lps = None, first, []
         while item is not None:
             last = item
+            if logprobs:
+                lps.append(item.logprobs)
             text, hit = cut.feed(item.text)
-            if hit:
-                yield text, "stop", last
-                return
-            if item.finish_reason:
-                yield text + cut.flush(), item.finish_reason, last
+            if hit or item.finish_reason:
+                yield (text if hit else text + cut.flush()), "stop" if hit else item.finish_reason, last, lps or None
                 return
             if text:
-                yield text, None, last
+                yield text, None, last, lps or None
+                lps = []
             try:
                 item = await tokens.__anext__()
             except StopAsyncIteration:
                 item = None
-        yield cut.flush(), "stop", last
+        yield cut.flush(), "stop", last, lps or None
 
     def usage(last) -> dict:
         p = last.prompt_tokens if last else 0
@@ -141,7 +160,7 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
         st.engine.last_finish = (finish, last.generation_tokens if last else 0)
 
     if not stream:
-        text, finish, last = "", "stop", None
+        text, finish, last, lps = "", "stop", None, None
         watch = asyncio.ensure_future(_watch_disconnect(request))
         try:
             collect = asyncio.ensure_future(_collect(pieces()))
@@ -154,30 +173,34 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
                     await collect
                 return JSONResponse({"error": {"message": "client disconnected", "type": "invalid_request_error",
                                                "param": None, "code": "client_disconnected"}}, status_code=499)
-            text, finish, last = collect.result()
+            text, finish, last, lps = collect.result()
         finally:
             watch.cancel()
             await stack.aclose()
         account(last, finish)
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": _chat_logprobs(lps), "finish_reason": finish}
             body = {"id": rid, "object": "chat.completion", "created": created, "model": st.model_id,
                     "choices": [choice], "usage": usage(last), **ext}
         else:
             body = {"id": rid, "object": "text_completion", "created": created, "model": st.model_id,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                    "choices": [{"index": 0, "text": text, "logprobs": _text_logprobs(lps), "finish_reason": finish}],
                     "usage": usage(last)}
         return JSONResponse(body)
 
-    def chunk(delta_or_text, finish) -> str:
+    offset = [0]
+
+    def chunk(delta_or_text, finish, lps=None) -> dict:
         if kind == "chat":
-            choice = {"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta_or_text, "logprobs": _chat_logprobs(lps), "finish_reason": finish}
             obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": st.model_id,
                    "choices": [choice]}
         else:
             obj = {"id": rid, "object": "text_completion", "created": created, "model": st.model_id,
-                   "choices": [{"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish}]}
+                   "choices": [{"index": 0, "text": delta_or_text, "logprobs": _text_logprobs(lps, offset[0]),
+                                "finish_reason": finish}]}
+            offset[0] += sum(len(x.token) for x in lps or [])
         return obj
 
     def sse(obj) -> str:
@@ -188,9 +211,9 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
         try:
             if kind == "chat":
                 yield sse({**chunk({"role": "assistant", "content": ""}, None), **ext})
-            async for text, finish, last in pieces():
-                if text:
-                    yield sse(chunk({"content": text} if kind == "chat" else text, None))
+            async for text, finish, last, lps in pieces():
+                if text or lps:
+                    yield sse(chunk({"content": text} if kind == "chat" else text, None, lps))
                 if finish:
                     yield sse(chunk({} if kind == "chat" else "", finish))
             if include_usage:
@@ -209,16 +232,32 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
 
 
 async def _collect(pieces):
-    text, finish, last = "", "stop", None
-    async for t, f, last in pieces:
+    text, finish, last, lps = "", "stop", None, None
+    async for t, f, last, more in pieces:
         text += t
         finish = f or finish
-    return text, finish, last
+        if more:
+            lps = (lps or []) + more
+    return text, finish, last, lps
 
 
 async def _watch_disconnect(request: Request):
     while not await request.is_disconnected():
         await asyncio.sleep(0.1)
+
+
+def _constraint(st, response_format):
+    """The grammar processor for ``response_format`` (None for plain text)."""
+    grammar = grammar_for(response_format)
+    if grammar is None:
+        return None
+
+    def lltok_for(vocab: int):  # built once per vocabulary size, on the worker thread
+        if vocab not in st.lltok:
+            st.lltok[vocab] = ll_tokenizer(st.tokenizer, vocab)
+        return st.lltok[vocab]
+
+    return GrammarProcessor(lltok_for, grammar, st.tokenizer.eos_token_ids)
 
 
 @router.post("/v1/chat/completions")
@@ -227,9 +266,6 @@ async def chat_completions(req: ChatRequest, request: Request):
     if req.tools:
         raise ApiError(400, "tool calling is not supported by this server yet; drop 'tools'.", param="tools",
                        code="unsupported")
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise ApiError(400, f"response_format {req.response_format.get('type')!r} is not supported yet; "
-                            "drop 'response_format' (plain text only).", param="response_format", code="unsupported")
     _check_chars(st, sum(len(m.text()) for m in req.messages), "conversation")
     user = user_of(request, req.user)
     memory = st.config.memory if req.memory is None else req.memory
@@ -237,9 +273,12 @@ async def chat_completions(req: ChatRequest, request: Request):
         raise ApiError(400, "this server runs without a memory bank (--no-memory); send \"memory\": false.",
                        param="memory", code="memory_off")
     max_tokens, opts = _sampling(st, req)
+    constraint = _constraint(st, req.response_format)
     make = lambda: chat_stream(st.model, st.tokenizer, st.bank, req.messages, user=user,  # noqa: E731
-                               memory=memory, max_tokens=max_tokens, sampling=opts)
+                               memory=memory, max_tokens=max_tokens, sampling=opts, top_logprobs=req.top_k_logprobs(),
+                               constraint=constraint)
     return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="chat",
+                           logprobs=req.top_k_logprobs() is not None,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage))
 
 
@@ -259,8 +298,11 @@ async def completions(req: CompletionRequest, request: Request):
     if req.echo:
         raise ApiError(400, "echo is not supported; drop 'echo'.", param="echo", code="unsupported")
     max_tokens, opts = _sampling(st, req)
-    make = lambda: completion_stream(st.model, st.tokenizer, prompt, max_tokens=max_tokens, sampling=opts)  # noqa
+    constraint = _constraint(st, req.response_format)
+    make = lambda: completion_stream(st.model, st.tokenizer, prompt, max_tokens=max_tokens,  # noqa: E731
+                                     sampling=opts, top_logprobs=req.top_k_logprobs(), constraint=constraint)
     return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="text",
+                           logprobs=req.top_k_logprobs() is not None,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage))
 
 
@@ -332,6 +374,45 @@ async def add_memory(req: MemoryAdd, request: Request):
         e = await st.engine.call(add)
     except ValueError as err:
         raise ApiError(400, str(err), param="text") from None
+    return _entry(e)
+
+
+@router.get("/v1/memories/stats")
+async def memory_stats(request: Request, user: Optional[str] = None):
+    """The user's memories by tier, and the bank's budget, encoder and policy (no other
+    user's names or counts)."""
+    st = _bank(request)
+    who = user_of(request, user)
+
+    def stats():
+        mine = st.bank.list(user=who)
+        s = st.bank.stats()
+        return {"object": "memory.stats", "user": who, "entries": len(mine),
+                "tiers": {t: sum(e.tier == t for e in mine) for t in ("hot", "warm", "cold")},
+                "bank_bytes": s["bytes"], "budget_bytes": s["budget_bytes"], "encoder": s["encoder"],
+                "policy": s["policy"]}
+
+    return await st.engine.call(stats)
+
+
+@router.patch("/v1/memories/{memory_id}")
+async def update_memory(memory_id: int, req: MemoryUpdate, request: Request):
+    st = _bank(request)
+    who = user_of(request, req.user)
+    _check_chars(st, len(req.text), "memory text")
+
+    def update():
+        if st.bank.get(memory_id, user=who) is None:
+            return None
+        return st.bank.update(memory_id, user=who, text=req.text)
+
+    try:
+        e = await st.engine.call(update)
+    except ValueError as err:
+        raise ApiError(400, str(err), param="text") from None
+    if e is None:
+        raise ApiError(404, f"user {who!r} has no memory {memory_id}; list them with GET /v1/memories.",
+                       code="memory_not_found")
     return _entry(e)
 
 

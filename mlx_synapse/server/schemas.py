@@ -49,7 +49,6 @@ class Sampling(_Body):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1)
-    logprobs: Optional[Any] = None
     user: Optional[str] = None
 
     def stops(self) -> List[str]:
@@ -63,17 +62,32 @@ class ChatRequest(Sampling):
     response_format: Optional[Dict[str, Any]] = None
     tools: Optional[List[Any]] = None
     memory: Optional[bool] = None  # extension: read/write the user's memories (server default when None)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+    def top_k_logprobs(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(Sampling):
     prompt: Union[str, List[str], List[int]]
     echo: bool = False
+    response_format: Optional[Dict[str, Any]] = None  # extension, as llama.cpp: json_object / json_schema
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+    def top_k_logprobs(self) -> Optional[int]:
+        return self.logprobs
 
 
 class EmbeddingRequest(_Body):
     input: Union[str, List[str]]
     model: Optional[str] = None
     encoding_format: Literal["float", "base64"] = "float"
+    user: Optional[str] = None
+
+
+class MemoryUpdate(_Body):
+    text: str = Field(..., min_length=1)
     user: Optional[str] = None
 
 

@@ -139,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mlx_synapse.benchmarks.server_load", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "mlx", "numpy"))
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 4], help="levels to run (none: skip the load)")
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--parallel", type=int, default=None, help="server slots (default: the number of clients)")

@@ -337,3 +337,24 @@ def test_flood_past_the_queue_gets_429s_and_health_stays_fast(tiny):
             codes = sorted(f.result().status_code for f in futures)
     assert set(codes) <= {200, 429} and codes.count(200) >= 3 and codes.count(429) >= 1, codes
     assert pings and float(np.median(pings)) < 0.1, pings
+
+
+def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(server, monkeypatch):
+    from mlx_synapse.generate import GenerationResponse
+    from mlx_synapse.server import generation
+
+    url, st = server
+
+    def broken(*a, **kw):
+        yield GenerationResponse("Hel", 1, None, 3, 1.0, 1, 1.0, 0.1, 0.0)
+        raise RuntimeError("the engine fell over")
+
+    monkeypatch.setattr(generation, "stream_generate", broken)
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 8, "stream": True, "memory": False}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        events = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["code"] == "generation_failed" and "fell over" in err["message"] and "\n" not in err["message"]
+    assert _wait(lambda: st.engine.active == 0)

@@ -1,6 +1,6 @@
 """The web page in a real browser (Debian's headless Chromium through Playwright): a
 message typed and sent comes back streamed in several pieces, the fact it told shows up
-in the memory panel, and Forget removes it from the page and the bank. Screenshots go to
+in the memory panel, Edit changes it, and Forget removes it from the page and the bank. Screenshots go to
 the test's temporary directory. Skipped when Playwright or Chromium is missing."""
 
 from __future__ import annotations
@@ -61,7 +61,12 @@ def test_page_chats_streams_and_forgets(tmp_path, smollm2_dir):
         assert page.inner_text("#memories").startswith("My dog is called Pickle.")
         assert [e.text for e in bank.list(user="pat")] == ["My dog is called Pickle."]
 
-        page.click("#memories li[data-id] button")
+        page.once("dialog", lambda d: d.accept("My dog is called Pickles."))
+        page.click("#memories li[data-id] button:has-text('Edit')")
+        page.wait_for_function("() => document.querySelector('#memories li[data-id] span').textContent.endsWith('Pickles.')")
+        assert [e.text for e in bank.list(user="pat")] == ["My dog is called Pickles."]
+
+        page.click("#memories li[data-id] button:has-text('Forget')")
         page.wait_for_selector("#memories li:not([data-id])")
         page.screenshot(path=str(shots / "2-forgotten.png"))
         assert bank.list(user="pat") == []

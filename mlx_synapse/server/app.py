@@ -1,6 +1,6 @@
 """The ASGI application: ``create_app(model, tokenizer, bank, config)``.
 
-Around the routes (:mod:`.routes`) sit, outermost first: CORS (off unless
+Around the routes (:mod:`.routes`, :mod:`.memories`) sit, outermost first: CORS (off unless
 ``allowed_origins``), then one guard that counts requests for ``/metrics``, checks the
 API key on ``/v1/*`` and ``/metrics`` (the page, ``/health`` and ``/docs`` are open),
 and refuses a body over ``max_body_bytes`` (413) before any of it is parsed.
@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .engine import Engine
 from .errors import ApiError, install, send_error
 from .metrics import Metrics
-from .routes import router
+from . import memories, routes
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings", "/v1/memories",
              "/health", "/metrics", "/")
@@ -171,7 +171,8 @@ def create_app(model, tokenizer, bank, config: Optional[ServerConfig] = None) ->
                   description="OpenAI-compatible API with per-user memory.")
     app.state.synapse = State(model, tokenizer, bank, engine, config, Metrics(engine), config.model_id, int(time.time()))
     install(app)
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(memories.router)
 
     @app.get("/metrics")
     async def metrics(request: Request):

@@ -1,4 +1,4 @@
-"""The OpenAI endpoints (chat, completions, models, embeddings) and ``/v1/memories``.
+"""The OpenAI endpoints (chat, completions, models, embeddings) and ``/health``.
 
 A generation holds one of the engine's slots from admission to its last token; a
 stream's first token is produced before the response starts, so a prompt the model
@@ -17,38 +17,20 @@ import time
 from typing import Optional
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .errors import ApiError
+from .errors import ApiError, log
 from .generation import StopText, chat_stream, completion_stream
 from .structured import GrammarProcessor, grammar_for, ll_tokenizer
-from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, MemoryAdd, MemoryUpdate
+from .memories import _check_chars, entry_json, user_of
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 
 router = APIRouter()
 
 
 def _state(request: Request):
     return request.app.state.synapse
-
-
-def user_of(request: Request, body_user: Optional[str] = None) -> str:
-    """The memory bank user: the body's ``user``, else the ``X-Synapse-User`` header, else
-    the ``user`` query parameter, else the server's default user."""
-    st = _state(request)
-    user = body_user or request.headers.get("x-synapse-user") or request.query_params.get("user") or st.config.default_user
-    if not user.strip() or len(user.encode()) > 256:
-        raise ApiError(400, f"'user' must be 1 to 256 bytes of non-blank text but got {user[:40]!r}; send the "
-                            "name whose memories this request reads and writes.", param="user", code="invalid_user")
-    return user
-
-
-def _entry(e, score=None) -> dict:
-    d = {"id": e.id, "object": "memory", "text": e.text, "source": e.source, "created": int(e.created),
-         "last_access": int(e.last_access), "hits": e.hits, "tier": e.tier}
-    if score is not None:
-        d["score"] = round(float(score), 4)
-    return d
 
 
 def _sampling(st, req) -> tuple:
@@ -68,13 +50,6 @@ def _sampling(st, req) -> tuple:
                 top_p=req.top_p if req.top_p is not None else 1.0, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
                 repetition_penalty=req.repetition_penalty, seed=req.seed)
     return want, opts
-
-
-def _check_chars(st, n: int, what: str) -> None:
-    if n > st.config.max_prompt_chars:
-        raise ApiError(413, f"the {what} is {n:,} characters; this server takes at most {st.config.max_prompt_chars:,}. "
-                            "Send less text or start the server with a larger --max-prompt-chars.",
-                       code="prompt_too_long")
 
 
 def _chat_logprobs(lps) -> Optional[dict]:
@@ -122,7 +97,7 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
     created = int(time.time())
     ext = {}
     if kind == "chat":
-        ext = {"memories": [_entry(e, s) for e, s in turn.memories], "memory_learned": turn.learned}
+        ext = {"memories": [entry_json(e, s) for e, s in turn.memories], "memory_learned": turn.learned}
         if turn.notes:
             ext["notes"] = turn.notes
 
@@ -221,6 +196,14 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
                            "created": created, "model": st.model_id, "choices": [], "usage": usage(last)})
             yield "data: [DONE]\n\n"
             done = True
+        except Exception as e:  # after the headers: the error goes in the stream, in OpenAI's shape
+            log.exception("generation failed mid-stream")
+            done = True
+            finish = "error"
+            yield sse({"error": {"message": f"generation failed ({type(e).__name__}: {str(e)[:200]}); the server "
+                                            "log has the details.", "type": "server_error", "param": None,
+                                 "code": "generation_failed"}})
+            yield "data: [DONE]\n\n"
         finally:
             if not done:
                 st.engine.cancelled += 1
@@ -333,104 +316,6 @@ async def embeddings(req: EmbeddingRequest, request: Request):
     n = sum(len(st.tokenizer.encode(t)) for t in texts)
     return {"object": "list", "data": data, "model": getattr(st.bank.encoder, "name", "encoder"),
             "usage": {"prompt_tokens": n, "total_tokens": n}}
-
-
-def _bank(request: Request):
-    st = _state(request)
-    if st.bank is None:
-        raise ApiError(404, "this server runs without a memory bank (--no-memory); start it without that flag.",
-                       code="memory_off")
-    return st
-
-
-@router.get("/v1/memories")
-async def list_memories(request: Request, user: Optional[str] = None):
-    st = _bank(request)
-    who = user_of(request, user)
-    entries = await st.engine.call(lambda: st.bank.list(user=who))
-    return {"object": "list", "user": who, "data": [_entry(e) for e in entries]}
-
-
-@router.get("/v1/memories/search")
-async def search_memories(request: Request, q: str = Query(..., min_length=1), k: int = Query(5, ge=1, le=100),
-                          user: Optional[str] = None):
-    st = _bank(request)
-    who = user_of(request, user)
-    hits = await st.engine.call(lambda: st.bank.search(q, k, user=who, touch=False))
-    return {"object": "list", "user": who, "data": [_entry(e, s) for e, s in hits]}
-
-
-@router.post("/v1/memories", status_code=201)
-async def add_memory(req: MemoryAdd, request: Request):
-    st = _bank(request)
-    who = user_of(request, req.user)
-    _check_chars(st, len(req.text), "memory text")
-
-    def add():
-        i = st.bank.add(req.text, user=who, source="server", force=True)
-        return st.bank.get(i, user=who)
-
-    try:
-        e = await st.engine.call(add)
-    except ValueError as err:
-        raise ApiError(400, str(err), param="text") from None
-    return _entry(e)
-
-
-@router.get("/v1/memories/stats")
-async def memory_stats(request: Request, user: Optional[str] = None):
-    """The user's memories by tier, and the bank's budget, encoder and policy (no other
-    user's names or counts)."""
-    st = _bank(request)
-    who = user_of(request, user)
-
-    def stats():
-        mine = st.bank.list(user=who)
-        s = st.bank.stats()
-        return {"object": "memory.stats", "user": who, "entries": len(mine),
-                "tiers": {t: sum(e.tier == t for e in mine) for t in ("hot", "warm", "cold")},
-                "bank_bytes": s["bytes"], "budget_bytes": s["budget_bytes"], "encoder": s["encoder"],
-                "policy": s["policy"]}
-
-    return await st.engine.call(stats)
-
-
-@router.patch("/v1/memories/{memory_id}")
-async def update_memory(memory_id: int, req: MemoryUpdate, request: Request):
-    st = _bank(request)
-    who = user_of(request, req.user)
-    _check_chars(st, len(req.text), "memory text")
-
-    def update():
-        if st.bank.get(memory_id, user=who) is None:
-            return None
-        return st.bank.update(memory_id, user=who, text=req.text)
-
-    try:
-        e = await st.engine.call(update)
-    except ValueError as err:
-        raise ApiError(400, str(err), param="text") from None
-    if e is None:
-        raise ApiError(404, f"user {who!r} has no memory {memory_id}; list them with GET /v1/memories.",
-                       code="memory_not_found")
-    return _entry(e)
-
-
-@router.delete("/v1/memories/{memory_id}")
-async def delete_memory(memory_id: int, request: Request, user: Optional[str] = None):
-    st = _bank(request)
-    who = user_of(request, user)
-
-    def forget():
-        if st.bank.get(memory_id, user=who) is None:
-            return False
-        st.bank.forget([memory_id], user=who)
-        return True
-
-    if not await st.engine.call(forget):
-        raise ApiError(404, f"user {who!r} has no memory {memory_id}; list them with GET /v1/memories.",
-                       code="memory_not_found")
-    return {"id": memory_id, "object": "memory.deleted", "deleted": True}
 
 
 @router.get("/health")

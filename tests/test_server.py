@@ -257,6 +257,32 @@ def test_api_key(tiny):
         assert "<title>mlx_synapse</title>" in httpx.get(url + "/").text
 
 
+def test_user_keys_bind_a_request_to_its_user(tiny, tmp_path):
+    model, tok = tiny
+    keys = {"key-of-alice": "alice", "key-of-bob-1": "bob"}
+    bank = MemoryBank(tmp_path / "m.db", BagOfWords(), backend="numpy")
+    with live(create_app(model, tok, bank, ServerConfig(user_keys=keys))) as url:
+        alice, bob = ({"Authorization": f"Bearer {k}"} for k in keys)
+        r = httpx.post(url + "/v1/memories", json={"text": "My locker code is 4411."}, headers=alice)
+        assert r.status_code == 201 and bank.get(r.json()["id"]).user == "alice"
+        assert httpx.get(url + "/v1/memories", headers=bob).json()["data"] == []
+        for how in ({"params": {"user": "alice"}}, {"headers": {**bob, "X-Synapse-User": "alice"}}):
+            r = httpx.get(url + "/v1/memories", **{"headers": bob, **how})
+            assert r.status_code == 403 and _err(r)["code"] == "wrong_user"
+        c = openai.OpenAI(base_url=url + "/v1", api_key="key-of-bob-1", max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError):
+            c.chat.completions.create(model="t", messages=[{"role": "user", "content": "My code?"}], user="alice",
+                                      max_tokens=2)
+        body = json.loads(c.chat.completions.with_raw_response.create(
+            model="t", messages=[{"role": "user", "content": "What is my locker code?"}], max_tokens=2).text)
+        assert body["memories"] == []  # bob's own memories: none of alice's
+        c = openai.OpenAI(base_url=url + "/v1", api_key="key-of-alice", max_retries=0)
+        body = json.loads(c.chat.completions.with_raw_response.create(
+            model="t", messages=[{"role": "user", "content": "What is my locker code?"}], max_tokens=2).text)
+        assert [m["text"] for m in body["memories"]] == ["My locker code is 4411."]
+        assert httpx.get(url + "/v1/memories").status_code == 401
+
+
 def _wait(cond, timeout=30.0):
     t0 = time.monotonic()
     while not cond():

@@ -134,3 +134,12 @@ def _until(cond, timeout):
             return False
         time.sleep(0.05)
     return True
+
+
+def test_user_keys_file_is_checked(tmp_path):
+    bad = tmp_path / "keys"
+    bad.write_text("alice short\n")
+    r = _run("--user-keys", str(bad))
+    assert r.returncode == 2 and "line 1" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _run("--user-keys", str(tmp_path / "none"))
+    assert r.returncode == 2 and "not found" in r.stderr

@@ -26,6 +26,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", default=None, help="required as 'Authorization: Bearer KEY' (or $MLX_SYNAPSE_API_KEY)")
     p.add_argument("--api-key-file", default=None, help="read the API key from this file")
+    p.add_argument("--user-keys", default=None,
+                   help="file of 'USER KEY' lines: a request with that key is USER's and sees only USER's memories")
     p.add_argument("--allowed-origins", nargs="*", default=[], help="CORS origins allowed (default: none)")
     p.add_argument("--db", default=None, help="memory database (default: ~/.local/share/mlx_synapse/memory.db)")
     p.add_argument("--no-memory", action="store_true", help="no memory bank: chat without memories, no embeddings")
@@ -65,11 +67,36 @@ def _api_key(args) -> Optional[str]:
     return args.api_key or os.environ.get("MLX_SYNAPSE_API_KEY") or None
 
 
+def _user_keys(path: Optional[str]) -> Optional[dict]:
+    """``{key: user}`` from a file of ``USER KEY`` lines (blank lines and ``#`` comments skipped)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"[server] --user-keys {p} not found; give a file of 'USER KEY' lines.")
+    keys = {}
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[1]) < 8:
+            raise ValueError(f"[server] --user-keys {p} line {n} is not 'USER KEY' with a key of 8 or more "
+                             "characters; fix that line.")
+        if parts[1] in keys:
+            raise ValueError(f"[server] --user-keys {p} line {n} repeats a key; give each user their own.")
+        keys[parts[1]] = parts[0]
+    if not keys:
+        raise ValueError(f"[server] --user-keys {p} has no 'USER KEY' lines.")
+    return keys
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = setup_arg_parser().parse_args(argv)
     try:
         key = _api_key(args)
-        if not _is_loopback(args.host) and not key:
+        user_keys = _user_keys(args.user_keys)
+        if not _is_loopback(args.host) and not (key or user_keys):
             raise ValueError(f"[server] --host {args.host} is reachable from other machines; set an API key "
                              "(--api-key, --api-key-file or MLX_SYNAPSE_API_KEY) or bind 127.0.0.1.")
         if not 0 <= args.port <= 65535:
@@ -80,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ..memory.bank import MemoryBank
         from .app import ServerConfig, create_app
 
-        config = ServerConfig(api_key=key, allowed_origins=args.allowed_origins,
+        config = ServerConfig(api_key=key, user_keys=user_keys, allowed_origins=args.allowed_origins,
                               max_body_bytes=int(args.max_body_mb * (1 << 20)), max_prompt_chars=args.max_prompt_chars,
                               default_max_tokens=args.max_tokens, max_tokens_limit=args.max_tokens_limit,
                               temperature=args.temp, memory=not (args.no_memory or args.memory_off_by_default),
@@ -90,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         bank = None if args.no_memory else MemoryBank(args.db, backend=args.backend)
         app = create_app(model, tok, bank, config)
         print(f"mlx_synapse server: http://{args.host}:{args.port}/ (model {config.model_id}, "
-              f"memory {'off' if bank is None else bank.path}, API key {'on' if key else 'off'})", file=sys.stderr)
+              f"memory {'off' if bank is None else bank.path}, API key {'on' if key or user_keys else 'off'})", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=args.shutdown_timeout)
         return 0

@@ -13,7 +13,7 @@ import hmac
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,6 +34,7 @@ class ServerConfig:
     """What the server allows; the command line (:mod:`.__main__`) fills it."""
 
     api_key: Optional[str] = None
+    user_keys: Optional[Dict[str, str]] = None  # key -> the one memory user that key may act as
     allowed_origins: Sequence[str] = ()
     max_body_bytes: int = 1 << 20
     max_prompt_chars: int = 100_000
@@ -106,18 +107,25 @@ class Guard:
 
     @staticmethod
     def _auth(st: State, scope) -> Optional[ApiError]:
-        key = st.config.api_key
+        """None when the request may go on; a user key also binds the request to its user
+        (``scope["state"]["synapse_user"]``, read by :func:`.memories.user_of`)."""
+        key, user_keys = st.config.api_key, st.config.user_keys or {}
         path = scope["path"]
-        if not key or scope["method"] == "OPTIONS" or not (path.startswith("/v1/") or path == "/metrics"):
+        if not (key or user_keys) or scope["method"] == "OPTIONS" or not (path.startswith("/v1/") or path == "/metrics"):
             return None
         headers = dict(scope["headers"])
         got = headers.get(b"authorization", b"").decode("latin-1")
         got = got[7:].strip() if got.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
-        if got and hmac.compare_digest(got.encode(), key.encode()):
+        if got and key and hmac.compare_digest(got.encode(), key.encode()):
+            return None
+        for k, user in user_keys.items():  # every key compared: the time taken says nothing about which matched
+            if got and hmac.compare_digest(got.encode(), k.encode()):
+                scope.setdefault("state", {})["synapse_user"] = user
+        if got and "synapse_user" in scope.get("state", {}):
             return None
         what = "no API key was sent" if not got else "the API key is wrong"
         return ApiError(401, f"{what}; send 'Authorization: Bearer <key>' with the key the server was started with "
-                             "(--api-key or MLX_SYNAPSE_API_KEY).", code="invalid_api_key")
+                             "(--api-key, MLX_SYNAPSE_API_KEY or a --user-keys entry).", code="invalid_api_key")
 
     @staticmethod
     async def _body(st: State, scope, receive):

@@ -30,9 +30,17 @@ def _check_chars(st, n: int, what: str) -> None:
 
 def user_of(request: Request, body_user: Optional[str] = None) -> str:
     """The memory bank user: the body's ``user``, else the ``X-Synapse-User`` header, else
-    the ``user`` query parameter, else the server's default user."""
+    the ``user`` query parameter, else the server's default user. A request made with a
+    per-user key (``--user-keys``) is that user's and may name no other (403)."""
     st = _state(request)
-    user = body_user or request.headers.get("x-synapse-user") or request.query_params.get("user") or st.config.default_user
+    named = body_user or request.headers.get("x-synapse-user") or request.query_params.get("user")
+    bound = request.scope.get("state", {}).get("synapse_user")
+    if bound is not None:
+        if named is not None and named != bound:
+            raise ApiError(403, f"this API key belongs to user {bound!r} and cannot act as {named[:40]!r}; drop "
+                                "'user' or use that user's key.", param="user", code="wrong_user")
+        return bound
+    user = named or st.config.default_user
     if not user.strip() or len(user.encode()) > 256:
         raise ApiError(400, f"'user' must be 1 to 256 bytes of non-blank text but got {user[:40]!r}; send the "
                             "name whose memories this request reads and writes.", param="user", code="invalid_user")

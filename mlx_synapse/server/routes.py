@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import secrets
 import time
 from typing import Optional
@@ -52,11 +53,18 @@ def _sampling(st, req) -> tuple:
     return want, opts
 
 
+def _finite(lp: float) -> float:
+    """JSON has no infinities: a forbidden token's -inf is reported as OpenAI does, -9999."""
+    return lp if math.isfinite(lp) else -9999.0
+
+
 def _chat_logprobs(lps) -> Optional[dict]:
     if lps is None:
         return None
+
     def one(t, lp):
-        return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
+        return {"token": t, "logprob": _finite(lp), "bytes": list(t.encode("utf-8"))}
+
     return {"content": [{**one(x.token, x.logprob), "top_logprobs": [one(t, lp) for t, lp in x.top]} for x in lps]}
 
 
@@ -67,8 +75,8 @@ def _text_logprobs(lps, offset: int = 0) -> Optional[dict]:
     for x in lps:
         offsets.append(o)
         o += len(x.token)
-    return {"tokens": [x.token for x in lps], "token_logprobs": [x.logprob for x in lps],
-            "top_logprobs": [{t: lp for t, lp in x.top} for x in lps], "text_offset": offsets}
+    return {"tokens": [x.token for x in lps], "token_logprobs": [_finite(x.logprob) for x in lps],
+            "top_logprobs": [{t: _finite(lp) for t, lp in x.top} for x in lps], "text_offset": offsets}
 
 
 async def _generate(request: Request, make, *, stream: bool, include_usage: bool, stops, kind: str,
@@ -276,6 +284,12 @@ async def completions(req: CompletionRequest, request: Request):
             prompt = prompt[0]
         elif not prompt:
             raise ApiError(400, "'prompt' is empty; send text or token ids.", param="prompt")
+        else:
+            vocab = _vocab_size(st)
+            bad = [t for t in prompt if not 0 <= t < vocab]
+            if bad:
+                raise ApiError(400, f"'prompt' has token id {bad[0]}, outside this model's vocabulary of {vocab}; "
+                                    f"send ids 0 to {vocab - 1}, or text.", param="prompt", code="invalid_token")
     if isinstance(prompt, str):
         _check_chars(st, len(prompt), "prompt")
     if req.echo:
@@ -287,6 +301,11 @@ async def completions(req: CompletionRequest, request: Request):
     return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="text",
                            logprobs=req.top_k_logprobs() is not None,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage))
+
+
+def _vocab_size(st) -> int:
+    args = getattr(st.model, "args", None)
+    return int(getattr(st.model, "vocab_size", None) or getattr(args, "vocab_size", None) or len(st.tokenizer.vocab))
 
 
 @router.get("/v1/models")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class _Body(BaseModel):
@@ -43,7 +43,7 @@ class Sampling(_Body):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(None, ge=0)
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=10.0)  # below 0.01 the logits overflow
     seed: Optional[int] = None
     stop: Union[str, List[str], None] = None
     stream: bool = False
@@ -70,7 +70,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[str, List[str], List[int]]
+    prompt: Union[str, List[str], List[StrictInt]]
     echo: bool = False
     response_format: Optional[Dict[str, Any]] = None  # extension, as llama.cpp: json_object / json_schema
     logprobs: Optional[int] = Field(None, ge=0, le=20)

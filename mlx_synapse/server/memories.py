@@ -7,14 +7,15 @@ entries: the bank checks the user on every read and write.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from .errors import ApiError
 from .schemas import MemoryAdd, MemoryUpdate
 
 router = APIRouter()
+MAX_ID = 2**63 - 1  # SQLite's integer range
 
 
 def _state(request: Request):
@@ -116,7 +117,7 @@ async def memory_stats(request: Request, user: Optional[str] = None):
 
 
 @router.patch("/v1/memories/{memory_id}")
-async def update_memory(memory_id: int, req: MemoryUpdate, request: Request):
+async def update_memory(memory_id: Annotated[int, Path(ge=1, le=MAX_ID)], req: MemoryUpdate, request: Request):
     st = _bank(request)
     who = user_of(request, req.user)
     _check_chars(st, len(req.text), "memory text")
@@ -137,7 +138,7 @@ async def update_memory(memory_id: int, req: MemoryUpdate, request: Request):
 
 
 @router.delete("/v1/memories/{memory_id}")
-async def delete_memory(memory_id: int, request: Request, user: Optional[str] = None):
+async def delete_memory(memory_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request, user: Optional[str] = None):
     st = _bank(request)
     who = user_of(request, user)
 

@@ -384,3 +384,28 @@ def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(server, monkey
     err = json.loads(events[-2])["error"]
     assert err["code"] == "generation_failed" and "fell over" in err["message"] and "\n" not in err["message"]
     assert _wait(lambda: st.engine.active == 0)
+
+
+@pytest.mark.slow
+def test_default_model_answers_from_memory_told_over_http(tmp_path):
+    """SmolLM2-135M-Instruct and the default encoder behind the server: a fact told in one
+    request is answered in a fresh conversation, and the reply names the memory it used."""
+    from mlx_synapse.loader import load
+
+    from .conftest import _or_skip
+
+    model, tok = _or_skip(lambda: load())
+    bank = MemoryBank(tmp_path / "m.db", backend="numpy")
+    with live(create_app(model, tok, bank, ServerConfig(default_max_tokens=24))) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+        told = json.loads(c.chat.completions.with_raw_response.create(
+            model="m", user="sam", messages=[{"role": "user", "content": "My dog is called Pickle."}]).text)
+        assert told["memory_learned"] == "added"
+        raw = c.chat.completions.with_raw_response.create(
+            model="m", user="sam", messages=[{"role": "user", "content": "What is my dog called?"}])
+        body = json.loads(raw.text)
+        assert "Pickle" in body["choices"][0]["message"]["content"]
+        assert [m["text"] for m in body["memories"]] == ["My dog is called Pickle."]
+        other = json.loads(c.chat.completions.with_raw_response.create(
+            model="m", user="lee", messages=[{"role": "user", "content": "What is my dog called?"}]).text)
+        assert other["memories"] == [] and "Pickle" not in other["choices"][0]["message"]["content"]

@@ -409,3 +409,17 @@ def test_default_model_answers_from_memory_told_over_http(tmp_path):
         other = json.loads(c.chat.completions.with_raw_response.create(
             model="m", user="lee", messages=[{"role": "user", "content": "What is my dog called?"}]).text)
         assert other["memories"] == [] and "Pickle" not in other["choices"][0]["message"]["content"]
+
+
+def test_cors_only_for_the_allowed_origins(tiny):
+    model, tok = tiny
+    pre = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    with live(create_app(model, tok, None, ServerConfig(memory=False))) as url:
+        r = httpx.options(url + "/v1/chat/completions", headers=pre)
+        assert "access-control-allow-origin" not in r.headers
+    with live(create_app(model, tok, None, ServerConfig(memory=False, api_key="k" * 8,
+                                                         allowed_origins=["http://app.example"]))) as url:
+        r = httpx.options(url + "/v1/chat/completions", headers=pre)  # preflight needs no key
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
+        r = httpx.options(url + "/v1/chat/completions", headers={**pre, "Origin": "http://evil.example"})
+        assert r.headers.get("access-control-allow-origin") != "http://evil.example"

@@ -649,6 +649,19 @@ class MemoryStore:
 
         return self._write(apply)
 
+    def brief(self, ids: Sequence[int]) -> Dict[int, Tuple[float, bool, str]]:
+        """``id -> (created, superseded, text)`` for the entries among ``ids`` that exist, where
+        ``superseded`` says the metadata has a non-null ``superseded_by``; no vectors are read."""
+        ids = _ids_of(ids)
+        out: Dict[int, Tuple[float, bool, str]] = {}
+        for at in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[at: at + 500]
+            sql = (f"SELECT id, created, json_extract(metadata, '$.superseded_by') IS NOT NULL, text FROM entries "
+                   f"WHERE id IN ({', '.join('?' * len(part))})")
+            for i, created, sup, text in self._read(sql, part):
+                out[i] = (created, bool(sup), text)
+        return out
+
     def text_search(
         self, user: str, terms: Sequence[str], limit: int, *, include_history: bool = True,
         ids: Optional[Sequence[int]] = None,

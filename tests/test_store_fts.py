@@ -177,3 +177,10 @@ def test_without_fts5_one_clear_line_and_the_file_untouched(tmp_path, monkeypatc
     msg = str(e.value)
     assert "\n" not in msg and "without FTS5" in msg and path in msg and "left untouched" in msg
     assert _bytes_of_dir(tmp_path) == before
+
+
+def test_a_user_is_found_below_many_better_matches_of_another(store):
+    store.add_many([dict(user="a", text=f"apple apple pie number {i}", vector=V) for i in range(300)])
+    b = store.add(user="b", text="an apple and many other words in a long sentence about nothing", vector=V)
+    assert _ids(store.text_search("b", ["apple"], 5)) == [b]
+    assert len(store.text_search("a", ["apple"], 100)) == 100

@@ -186,8 +186,6 @@ def eval_dir(tmp_path, monkeypatch):
     return d
 
 
-@pytest.mark.xfail(strict=True, reason="after the memory-bank merge the fourth correction is not answered right "
-                   "(search scores are now INT8; refresh needs the same words): to be investigated")
 def test_fake_run_of_every_phase(fake, eval_dir):
     fs = pf.build(0, 300, n_distractors=100)
     a = pz.accuracy_with_without(fake.model, fake.tok, fake.bank(), fs, 2, 30, 0, 8, gen=fake_gen)

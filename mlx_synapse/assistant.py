@@ -133,12 +133,13 @@ class Assistant:
 
     def retrieve(self, message: str) -> List[Tuple[Entry, float]]:
         query = message if len(message) <= 2 * self.chunk_chars else message[-2 * self.chunk_chars:]
-        hits = self.memory.search(query, self.k, user=self.user, min_score=self.min_score,
-                                  lexical=self.lexical, touch=not self.read_only)
-        if hits:
-            best = hits[0][1]
-            hits = [(e, s) for e, s in hits if s >= best - self.margin]
-        return hits
+        # Fused BM25 + dense retrieval with a second hop (mlx_synapse.memory.retrieval): up to k
+        # memories in fused order, fewer where the fused score drops sharply; a memory is shown
+        # when its cosine reaches min_score, or when a shown one named it (the two-hop bridge).
+        # Superseded facts stay out. The score given with each memory is its cosine.
+        hits = self.memory.retrieve(query, self.k, user=self.user, min_score=self.min_score,
+                                    touch=not self.read_only)
+        return [(h.entry, h.cosine) for h in hits]
 
     def remember(self, text: str) -> Optional[int]:
         """Store ``text`` as a memory, past the surprise gate; a text longer than

@@ -12,6 +12,7 @@ from mlx_synapse.assistant import replace_value, restates
 from mlx_synapse.copy_bias import make_copy_bias, next_copy_tokens
 from mlx_synapse.memory.bank import MemoryBank
 from mlx_synapse.memory.lexical import overlap, terms
+from mlx_synapse.memory.retrieval import query_terms
 
 from .test_memory_bank import BagOfWords
 
@@ -54,10 +55,10 @@ def test_bank_search_lexical_reranks_a_pool(tmp_path):
         mixed = bank.search(q, 3, user="u", touch=False, lexical=0.5)
         assert mixed[0][0].text == "my sister's dog is called rex"
         every = bank.search(q, 23, user="u", touch=False)
-        cos = {e.text: s for e, s in every}
-        bonus = dict(zip(cos, overlap(q, list(cos))))
-        for e, s in mixed:  # score = cosine + w * overlap, IDF over the pool
-            assert s == pytest.approx(cos[e.text] + 0.5 * bonus[e.text], abs=1e-6)
+        cos = {e.id: s for e, s in every}
+        bm = dict(bank.store.text_search("u", query_terms(q), 50))
+        for e, s in mixed:  # score = cosine + w * BM25 / the pool's best BM25
+            assert s == pytest.approx(cos[e.id] + 0.5 * bm.get(e.id, 0.0) / max(bm.values()), abs=1e-6)
         assert [s for _, s in mixed] == sorted((s for _, s in mixed), reverse=True)
         assert [e.text for e, _ in dense] == [e.text for e, _ in every[:3]]
         with pytest.raises(ValueError, match="lexical"):

@@ -317,7 +317,7 @@ def test_pragmas(db_path):
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert db.execute("PRAGMA secure_delete").fetchone()[0] == 1
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
-        assert db.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 3
         assert db.execute("PRAGMA application_id").fetchone()[0] == store_mod.APPLICATION_ID
 
 
@@ -331,7 +331,7 @@ def test_newer_schema_refused_untouched(tmp_path, db_path):
     with pytest.raises(ValueError) as e:
         MemoryStore(db_path)
     msg = str(e.value)
-    assert "version 99" in msg and "version 2 " in msg and "Upgrade mlx_synapse" in msg and db_path in msg
+    assert "version 99" in msg and "version 3 " in msg and "Upgrade mlx_synapse" in msg and db_path in msg
     assert _snapshot(tmp_path) == before
 
 

@@ -60,9 +60,12 @@ def recall_at(ranked: Sequence[str], evidence: Sequence[str], k: int) -> bool:
 
 
 def evidence_recall(bank, dialogues: Sequence[User], ks: Sequence[int] = (5, 10),
-                    lexical: Sequence[float] = (0.0, 0.2), progress=None) -> Dict[str, object]:
+                    lexical: Sequence[float] = (0.0, 0.2), progress=None, hybrid: bool = True,
+                    params=None) -> Dict[str, object]:
     """Store each dialogue's messages verbatim (message id in the metadata) and search
-    with every question; recall@k per re-rank weight (0 = dense only) and category."""
+    with every question; recall@k per re-rank weight (0 = dense only) and category, and
+    (``hybrid``) of the fused BM25 + dense retrieval (:meth:`MemoryBank.retrieve`, fixed
+    k, with ``params`` when given), reported as ``lexical=hybrid``."""
     kmax = max(ks)
     rows = []
     for u in dialogues:
@@ -70,9 +73,13 @@ def evidence_recall(bank, dialogues: Sequence[User], ks: Sequence[int] = (5, 10)
                       user=u.id)
         for q in u.questions:
             row = dict(question=q.text, category=q.category, evidence=list(q.evidence))
-            for w in lexical:
+            for w in list(lexical) + (["hybrid"] if hybrid else []):
                 t0 = time.perf_counter()
-                hits = bank.search(q.text, kmax, user=u.id, lexical=w, touch=False)
+                if w == "hybrid":
+                    hits = [(h.entry, h.score) for h in bank.retrieve(q.text, kmax, user=u.id, adaptive=False,
+                                                                      touch=False, params=params)]
+                else:
+                    hits = bank.search(q.text, kmax, user=u.id, lexical=w, touch=False)
                 row[f"ms@{w}"] = (time.perf_counter() - t0) * 1e3
                 ranked = [(e.metadata or {}).get("id") for e, _ in hits]
                 for k in ks:
@@ -83,7 +90,7 @@ def evidence_recall(bank, dialogues: Sequence[User], ks: Sequence[int] = (5, 10)
     res: Dict[str, object] = dict(dialogues=len(dialogues), questions=len(rows),
                                   turns=float(np.mean([len(u.messages) for u in dialogues])) if dialogues else 0.0,
                                   evidence_per_question=float(np.mean([len(r["evidence"]) for r in rows])) if rows else 0.0)
-    for w in lexical:
+    for w in list(lexical) + (["hybrid"] if hybrid else []):
         for k in ks:
             key = f"r@{k}@{w}"
             res[f"recall@{k} lexical={w}"] = float(np.mean([r[key] for r in rows])) if rows else float("nan")

@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .index import VectorIndex
-from .lexical import overlap, statement_key
+from .lexical import statement_key
 from .policy import (
     EntryStats,
     FIFOPolicy,
@@ -158,6 +158,11 @@ def _check_user(user) -> str:
         return _check_str(user, "user", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
     except ValueError as e:
         raise _err(str(e).split("] ", 1)[-1] + " Pass user='<name>' (one bank holds many users).") from None
+
+
+def _superseded(metadata: Any) -> bool:
+    """Whether an entry's metadata marks it as replaced by a newer fact."""
+    return isinstance(metadata, dict) and metadata.get("superseded_by") is not None
 
 
 def _as_f16(vecs) -> np.ndarray:
@@ -484,33 +489,8 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ reading
 
-    def search(
-        self,
-        query: Union[str, np.ndarray],
-        k: int = 5,
-        *,
-        user: str,
-        min_score: Optional[float] = None,
-        touch: bool = True,
-        lexical: float = 0.0,
-    ) -> List[Tuple[Entry, float]]:
-        """The ``k`` entries of ``user`` closest to ``query`` (a text, or a vector in the
-        encoder's space) by cosine, best first, as ``(Entry, score)``; only scores >=
-        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``;
-        written with the next write or at close) unless ``touch=False``. Cold entries
-        (no vector) are not searched. The scores are the index's INT8 cosines.
-
-        ``lexical=w > 0`` (text queries only) re-ranks a pool of at least 32 dense
-        candidates by ``cosine + w * overlap`` (:func:`mlx_synapse.memory.lexical.overlap`:
-        the IDF-weighted share of the query's content words a memory contains), and
-        that sum is the score returned and compared with ``min_score``."""
-        user = _check_user(user)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise _err(f"k must be an int >= 1 but got {k!r}.")
-        if not (isinstance(lexical, (int, float)) and math.isfinite(lexical) and lexical >= 0):
-            raise _err(f"lexical must be a finite number >= 0 but got {lexical!r}.")
-        if lexical and not isinstance(query, str):
-            raise _err("lexical re-ranking needs the query's text, not a vector.")
+    def _query_vector(self, query: Union[str, np.ndarray]) -> np.ndarray:
+        """The unit query vector of a text (embedded; recent texts reuse their encoding) or a vector."""
         if isinstance(query, str):
             self._check_text(query)
             q = self._embed([query])[0]
@@ -521,35 +501,100 @@ class MemoryBank:
         norm = float(np.linalg.norm(q))
         if not (math.isfinite(norm) and norm > 0):
             raise _err("the query vector is zero or not finite.")
-        q = q / norm
+        return q / norm
+
+    def _note_uses(self, ids: Iterable[int], when: float) -> None:
+        """Count a use of these entries (written with the next write transaction)."""
+        for i in ids:
+            t = self._touch.setdefault(i, [0, when])
+            t[0], t[1] = t[0] + 1, max(t[1], when)
+
+    def search(
+        self,
+        query: Union[str, np.ndarray],
+        k: int = 5,
+        *,
+        user: str,
+        min_score: Optional[float] = None,
+        touch: bool = True,
+        lexical: float = 0.0,
+        include_history: bool = False,
+    ) -> List[Tuple[Entry, float]]:
+        """The ``k`` entries of ``user`` closest to ``query`` (a text, or a vector in the
+        encoder's space) by cosine, best first, as ``(Entry, score)``; only scores >=
+        ``min_score`` when given. Hits count as accesses (``hits``, ``last_access``;
+        written with the next write or at close) unless ``touch=False``. Cold entries
+        (no vector) are not searched. The scores are the index's INT8 cosines.
+
+        ``lexical=w > 0`` (text queries only) re-ranks a pool of at least 32 dense
+        candidates by ``cosine + w * bm25 / max bm25`` (the store's FTS5 BM25 score of
+        each candidate for the query's words, :func:`.retrieval.query_terms`, divided by
+        the pool's best), and that sum is the score returned and compared with ``min_score``.
+
+        Entries whose metadata has a non-null ``superseded_by`` (a fact replaced by a newer
+        one) are left out unless ``include_history=True``. For fused full-text + dense
+        retrieval with a second hop, see :meth:`retrieve`."""
+        user = _check_user(user)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise _err(f"k must be an int >= 1 but got {k!r}.")
+        if not (isinstance(lexical, (int, float)) and math.isfinite(lexical) and lexical >= 0):
+            raise _err(f"lexical must be a finite number >= 0 but got {lexical!r}.")
+        if lexical and not isinstance(query, str):
+            raise _err("lexical re-ranking needs the query's text, not a vector.")
+        q = self._query_vector(query)
         self._sync()
         idx = self._index(user)
         if not len(idx):
             return []
         # The index's cosines are the scores; rows are read only for the entries returned
-        # (and, with lexical re-ranking, for the texts of the pool).
-        pool = max(2 * k, k + 8, 32) if lexical else k
-        ids, scores = idx.search(q, min(len(idx), pool), None if lexical else min_score)
-        rows = {r["id"]: r for r in self.store.get_many(ids)}
-        hits = []
-        for i, score in zip(ids.tolist(), scores.tolist()):
-            row = rows.get(i)
-            if row is None or row["user"] != user or row["vector"] is None:
-                continue  # another process changed it meanwhile
-            hits.append((self._entry(row), float(score)))
+        # (and, with lexical re-ranking, for the pool). Superseded entries are skipped: the
+        # pool grows until k remain or the index is exhausted.
+        want = max(2 * k, k + 8, 32) if lexical else k
+        pool = want
+        while True:
+            ids, scores = idx.search(q, min(len(idx), pool), None if lexical else min_score)
+            rows = {r["id"]: r for r in self.store.get_many(ids)}
+            hits = []
+            for i, score in zip(ids.tolist(), scores.tolist()):
+                row = rows.get(i)
+                if row is None or row["user"] != user or row["vector"] is None:
+                    continue  # another process changed it meanwhile
+                if not include_history and _superseded(row["metadata"]):
+                    continue
+                hits.append((self._entry(row), float(score)))
+            if len(hits) >= want or len(ids) < pool or pool >= len(idx):
+                break
+            pool *= 4
         if lexical and hits:
-            bonus = overlap(query, [e.text for e, _ in hits])
-            hits = [(e, s + lexical * float(b)) for (e, s), b in zip(hits, bonus)]
+            from .retrieval import query_terms
+
+            found = dict(self.store.text_search(user, query_terms(query), len(hits),
+                                                ids=[e.id for e, _ in hits]))
+            top = max(found.values(), default=0.0)
+            if top > 0:
+                hits = [(e, s + lexical * found.get(e.id, 0.0) / top) for e, s in hits]
             hits.sort(key=lambda h: (-h[1], h[0].id))
             if min_score is not None:
                 hits = [h for h in hits if h[1] >= min_score]
         hits = hits[:k]
         if touch:
-            when = time.time()
-            for e, _ in hits:
-                t = self._touch.setdefault(e.id, [0, when])
-                t[0], t[1] = t[0] + 1, max(t[1], when)
+            self._note_uses([e.id for e, _ in hits], time.time())
         return hits
+
+    def retrieve(self, query: str, k: int = 10, *, user: str, include_history: bool = False, adaptive: bool = True,
+                 hops: int = 1, min_score: Optional[float] = None, touch: bool = True, params=None):
+        """Fused full-text (BM25) + dense retrieval with recency and a second hop for names
+        found in the first hits; up to ``k`` :class:`.retrieval.Hit`, best first, fewer
+        where the fused score drops sharply (``adaptive``). See :mod:`.retrieval`."""
+        from .retrieval import RetrievalParams, hybrid_search
+
+        user = _check_user(user)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise _err(f"k must be an int >= 1 but got {k!r}.")
+        if not isinstance(query, str):
+            raise _err(f"retrieve needs the query's text but got {type(query).__name__}; use search for a vector.")
+        return hybrid_search(self, query, k, user=user, include_history=include_history, adaptive=adaptive,
+                             hops=hops, min_score=min_score, touch=touch, params=params or RetrievalParams())
 
     def get(self, id: int, *, user: Optional[str] = None) -> Optional[Entry]:
         """Entry ``id`` (None if absent, or if it belongs to another user than ``user``)."""

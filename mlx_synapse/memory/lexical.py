@@ -5,8 +5,10 @@ sister's name is Ana." as to "My sister's dog is called Rex."; the words the que
 shares with each candidate tell them apart. :func:`overlap` gives, per candidate, the
 share of the query's content words (IDF-weighted over the candidates themselves, so
 a word every candidate has counts for little) that the candidate contains.
-``MemoryBank.search(..., lexical=w)`` adds ``w * overlap`` to the cosine of a pool of
-dense candidates and re-sorts.
+``MemoryBank.search(..., lexical=w)`` used to add ``w * overlap`` to the cosine of a
+pool of dense candidates; it now uses the store's FTS5 BM25 score instead (see
+:mod:`.retrieval`), and :func:`overlap` is kept for callers and benchmarks that compare
+against it. The figures below are of the word-overlap re-rank.
 
 Measured with ``python -m mlx_synapse.benchmarks.memory_retrieval --encoders minilm
 --sweep none --lexical 0.2 --set personal:300`` (``all-MiniLM-L6-v2``, top-32 pool,

@@ -26,6 +26,12 @@ float ``scale`` (see :mod:`mlx_synapse.memory.int8`). Changing an entry's tier
 re-encodes its vector. :meth:`MemoryStore.load_vectors` returns every vector as
 int8 codes and scales, ready for the in-memory bank.
 
+Full-text search: an FTS5 table over the entries' texts (external content: the text is
+stored once), kept in step by triggers; :meth:`MemoryStore.text_search` ranks a user's
+entries by BM25. Deleting or rewriting text merges the index (``'optimize'``) so that
+the deleted words leave its pages too. Schema version 3 adds it; older files are
+indexed when first opened.
+
 Schema versions: ``PRAGMA user_version`` holds the schema version, and
 ``_MIGRATIONS[i]`` upgrades version ``i`` to ``i + 1`` inside one transaction.
 A database written by a newer mlx_synapse is refused without being modified.
@@ -33,6 +39,7 @@ A database written by a newer mlx_synapse is refused without being modified.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -62,7 +69,7 @@ from .records import (  # noqa: F401  (TIERS is part of this module's API)
     _ids_of,
 )
 
-__all__ = ["MemoryStore", "SCHEMA_VERSION", "TIERS", "DEFAULT_MAX_TEXT_BYTES"]
+__all__ = ["MemoryStore", "SCHEMA_VERSION", "TIERS", "DEFAULT_MAX_TEXT_BYTES", "fts_match"]
 
 DEFAULT_TIER = "warm"
 DEFAULT_MAX_TEXT_BYTES = 64 * 1024
@@ -124,8 +131,71 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE entries ADD COLUMN snap_access REAL")
 
 
+# Full-text index of the entries' texts (BM25 ranking): external content (the text is stored
+# once, in entries), kept in step by triggers. Porter stemming over unicode61 words ("lives"
+# finds "live"); other scripts are tokenized by unicode61 unchanged.
+_FTS_TABLE = "entries_fts"
+_FTS_TRIGGERS = (
+    f"""CREATE TRIGGER entries_fts_insert AFTER INSERT ON entries BEGIN
+        INSERT INTO {_FTS_TABLE}(rowid, text) VALUES (new.id, new.text); END""",
+    f"""CREATE TRIGGER entries_fts_delete AFTER DELETE ON entries BEGIN
+        INSERT INTO {_FTS_TABLE}({_FTS_TABLE}, rowid, text) VALUES ('delete', old.id, old.text); END""",
+    f"""CREATE TRIGGER entries_fts_update AFTER UPDATE OF text ON entries BEGIN
+        INSERT INTO {_FTS_TABLE}({_FTS_TABLE}, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO {_FTS_TABLE}(rowid, text) VALUES (new.id, new.text); END""",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fts5() -> bool:
+    """Whether this Python's sqlite3 can create FTS5 tables (asked once, in memory)."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute("CREATE VIRTUAL TABLE t USING fts5(x)")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+def _require_fts5(path: str) -> None:
+    if not _has_fts5():
+        raise ValueError(
+            f"[memory.store] this Python's sqlite3 (SQLite {sqlite3.sqlite_version}) was built without FTS5, "
+            f"which the memory bank's full-text search needs, so {path} was left untouched; use a Python whose "
+            f"sqlite3 has FTS5 (python.org, conda and most Linux distributions' builds do)."
+        )
+
+
+def fts_match(terms: Sequence[str]) -> Optional[str]:
+    """An FTS5 MATCH expression for any of ``terms``: each a double-quoted string (quotes
+    inside doubled, NUL, which ends FTS5's string, dropped), so that no text is read as FTS5
+    syntax; None without a non-blank term."""
+    clean = (t.replace("\0", " ") for t in terms if isinstance(t, str))
+    quoted = ['"' + t.replace('"', '""') + '"' for t in dict.fromkeys(clean) if t.strip()]
+    return " OR ".join(quoted) if quoted else None
+
+
+def _purge_fts(db: sqlite3.Connection) -> None:
+    """Merge the full-text index into one segment. A delete only adds a tombstone to FTS5's
+    index; merging drops the deleted entries' words, and secure_delete zeroes the pages
+    they were on, so forgotten text leaves the file's bytes (after a checkpoint)."""
+    db.execute(f"INSERT INTO {_FTS_TABLE}({_FTS_TABLE}) VALUES ('optimize')")
+
+
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    db.execute(
+        f"CREATE VIRTUAL TABLE {_FTS_TABLE} USING fts5(text, content='entries', content_rowid='id', "
+        f"tokenize='porter unicode61 remove_diacritics 2')"
+    )
+    for sql in _FTS_TRIGGERS:
+        db.execute(sql)
+    db.execute(f"INSERT INTO {_FTS_TABLE}({_FTS_TABLE}) VALUES ('rebuild')")
+
+
 # _MIGRATIONS[i] takes a database at schema version i to version i + 1. Append only.
-_MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
+_MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3]
 SCHEMA_VERSION = len(_MIGRATIONS)  # the version this code writes
 
 
@@ -186,6 +256,7 @@ class MemoryStore:
         in_memory = self.path == ":memory:"
         self._timeout_ms = int(timeout * 1000)
         self._pending = False  # deleted text may remain in the file's bytes (see scrub)
+        _require_fts5(self.path)
         if not in_memory:
             self._prepare_file()
         try:
@@ -547,6 +618,8 @@ class MemoryStore:
                 f"UPDATE entries SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                 [sets[c] for c in cols] + [id],
             )
+            if "text" in sets:  # the old text's words leave the full-text index
+                _purge_fts(db)
 
         self._write(apply)
 
@@ -555,14 +628,83 @@ class MemoryStore:
         ids = _ids_of(ids)
         if not ids:
             return 0
-        return self._write(
-            lambda db: db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids]).rowcount
-        )
+
+        def apply(db):
+            n = db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids]).rowcount
+            if n:
+                _purge_fts(db)
+            return n
+
+        return self._write(apply)
 
     def delete_user(self, user: str) -> int:
         """Delete every entry of ``user``; returns how many were deleted."""
         _check_str(user, "user", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
-        return self._write(lambda db: db.execute("DELETE FROM entries WHERE user = ?", (user,)).rowcount)
+
+        def apply(db):
+            n = db.execute("DELETE FROM entries WHERE user = ?", (user,)).rowcount
+            if n:
+                _purge_fts(db)
+            return n
+
+        return self._write(apply)
+
+    def brief(self, ids: Sequence[int]) -> Dict[int, Tuple[float, bool, str]]:
+        """``id -> (created, superseded, text)`` for the entries among ``ids`` that exist, where
+        ``superseded`` says the metadata has a non-null ``superseded_by``; no vectors are read."""
+        ids = _ids_of(ids)
+        out: Dict[int, Tuple[float, bool, str]] = {}
+        for at in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[at: at + 500]
+            sql = (f"SELECT id, created, json_extract(metadata, '$.superseded_by') IS NOT NULL, text FROM entries "
+                   f"WHERE id IN ({', '.join('?' * len(part))})")
+            for i, created, sup, text in self._read(sql, part):
+                out[i] = (created, bool(sup), text)
+        return out
+
+    def text_search(
+        self, user: str, terms: Sequence[str], limit: int, *, include_history: bool = True,
+        ids: Optional[Sequence[int]] = None,
+    ) -> List[Tuple[int, float]]:
+        """Full-text search of ``user``'s searchable entries (those with a vector) for any of
+        ``terms``, ranked by BM25: ``[(id, score)]``, best first, at most ``limit``; the score
+        is SQLite's ``-bm25()`` (higher is better, > 0 for a match).
+
+        Each term is matched as a quoted FTS5 string (so no text is taken as query syntax);
+        blank terms are ignored and no terms find nothing. ``include_history=False`` leaves
+        out entries whose metadata has a non-null ``superseded_by``; ``ids`` restricts the
+        search to those entries.
+        """
+        _check_str(user, "user", "", max_bytes=MAX_NAME_BYTES, nonblank=True)
+        limit = _check_int(limit, "limit", "")
+        match = fts_match(terms)
+        if match is None or limit <= 0 or (ids is not None and not len(ids)):
+            return []
+        where = " AND e.vector IS NOT NULL"
+        if not include_history:
+            # absent, JSON null and metadata that is not an object all give SQL NULL
+            where += " AND json_extract(e.metadata, '$.superseded_by') IS NULL"
+        if ids is not None:
+            part = _ids_of(ids)[:500]  # SQLite's bound-parameter limit
+            sql = (f"SELECT e.id, -bm25({_FTS_TABLE}) AS s FROM {_FTS_TABLE} JOIN entries e "
+                   f"ON e.id = {_FTS_TABLE}.rowid WHERE {_FTS_TABLE} MATCH ? AND e.user = ?{where} "
+                   f"AND e.id IN ({', '.join('?' * len(part))}) ORDER BY s DESC LIMIT {limit:d}")
+            return [(int(i), float(sc)) for i, sc in self._read(sql, [match, user] + part)]
+        # FTS5 ranks inside the virtual table fastest (ORDER BY rank LIMIT, no join per match);
+        # the user's entries are picked from that ranking, which grows until it holds `limit`
+        # of them or every match.
+        inner = max(4 * limit, 64)
+        while True:
+            sql = (f"SELECT e.id, -f.rank FROM (SELECT rowid, rank FROM {_FTS_TABLE} WHERE {_FTS_TABLE} MATCH ? "
+                   f"ORDER BY rank LIMIT {inner:d}) f JOIN entries e ON e.id = f.rowid WHERE e.user = ?{where} "
+                   f"ORDER BY f.rank LIMIT {limit:d}")
+            rows = self._read(sql, [match, user])
+            if len(rows) >= limit or inner >= 2**31:
+                return [(int(i), float(sc)) for i, sc in rows]
+            n = self._read(f"SELECT count(*) FROM {_FTS_TABLE} WHERE {_FTS_TABLE} MATCH ?", [match])[0][0]
+            if n <= inner:
+                return [(int(i), float(sc)) for i, sc in rows]
+            inner = max(inner * 8, n) if n <= inner * 8 else inner * 8
 
     def iter_entries(self, user: Optional[str] = None) -> Iterator[Dict[str, Any]]:
         """Entries (of ``user``, or all) in id order, fetched a page at a time.
@@ -695,10 +837,12 @@ class MemoryStore:
             checked.append((id_, tier))
 
         def apply(db):
-            done = 0
+            done = evicted = 0
             for id_, tier in checked:
                 if tier is None:
-                    done += db.execute("DELETE FROM entries WHERE id = ?", (id_,)).rowcount
+                    n = db.execute("DELETE FROM entries WHERE id = ?", (id_,)).rowcount
+                    done += n
+                    evicted += n
                     continue
                 cur = db.execute("SELECT dim, vector, scale FROM entries WHERE id = ?", (id_,)).fetchone()
                 if cur is None:
@@ -714,6 +858,8 @@ class MemoryStore:
                     (tier, blob, scale, dim, id_),
                 )
                 done += 1
+            if evicted:
+                _purge_fts(db)
             return done
 
         return self._write(apply) if checked else 0

@@ -39,12 +39,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Tuple
 
+import datetime as dt
+import time
+
 import numpy as np
 
 from .chat_limits import model_context, split_chunks, truncate_tokens
 from .copy_bias import make_copy_bias
 from .generate import stream_generate
 from .memory.bank import Entry, MemoryBank
+from .memory.extraction import day, extract
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
@@ -66,7 +70,38 @@ EXAMPLES = (
     ("My uncle works as a glassblower.", "What does my uncle do for a living?", "Your uncle works as a glassblower."),
     ("My aunt's cat is named Biscuit.", "What's the name of my aunt's cat?", "Your aunt's cat is named Biscuit."),
 )
-N_EXAMPLES = 2
+N_EXAMPLES = 2  # kept for older callers; the prompt no longer shows worked examples (see build_messages)
+
+ABSTAIN = "I don't know."
+READER_INSTRUCTION = ("Answer my question from these notes only. If the notes do not say, answer: " + ABSTAIN)
+
+
+def _superseded(e: Entry) -> bool:
+    return isinstance(e.metadata, dict) and e.metadata.get("superseded_by") is not None
+
+
+def visible(hits: List[Tuple[Entry, float]]) -> List[Tuple[Entry, float]]:
+    """What a turn may show of ``hits``: no superseded fact (history), no raw message whose
+    facts were extracted (the facts stand for it), no text twice. Order kept."""
+    out, seen = [], set()
+    for e, s in hits:
+        m = e.metadata if isinstance(e.metadata, dict) else {}
+        if m.get("superseded_by") is not None or (m.get("kind") == "message" and m.get("facts")):
+            continue
+        key = plain(e.text)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((e, s))
+    return out
+
+
+def said_on(e: Entry) -> float:
+    """When ``e`` was said: its metadata's ``valid_from``, else when it was stored."""
+    m = e.metadata if isinstance(e.metadata, dict) else {}
+    v = m.get("valid_from")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float(e.created)
+
 
 @dataclass
 class Reply:
@@ -127,14 +162,16 @@ class Assistant:
         self.history: List[Tuple[str, str]] = []  # (user message, reply) of this session
         self._example_vecs: Optional[np.ndarray] = None
         self.last: Optional[Reply] = None
+        self._session_facts: list = []  # (id, Fact) stored by the last learn(): what "actually, it's X" fixes
         self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
 
     # ------------------------------------------------------------------ memory
 
     def retrieve(self, message: str) -> List[Tuple[Entry, float]]:
         query = message if len(message) <= 2 * self.chunk_chars else message[-2 * self.chunk_chars:]
-        hits = self.memory.search(query, self.k, user=self.user, min_score=self.min_score,
+        hits = self.memory.search(query, 4 * self.k, user=self.user, min_score=self.min_score,
                                   lexical=self.lexical, touch=not self.read_only)
+        hits = visible(hits)[:self.k]  # the read side's hybrid retrieval replaces this body
         if hits:
             best = hits[0][1]
             hits = [(e, s) for e, s in hits if s >= best - self.margin]
@@ -165,6 +202,7 @@ class Assistant:
         ``which`` picks: ``"all"`` or 1-based positions in the candidate list; without it
         nothing is deleted and a ValueError lists them (never more than the user meant)."""
         cands = [e for e, _ in self.forget_candidates(query, min_score)]
+        cands = [e for e in cands if not _superseded(e)] or cands  # the current fact; its history goes with it
         if len(cands) > 1:
             if which is None:
                 listed = "; ".join(f"{i}. {e.text!r}" for i, e in enumerate(cands, 1))
@@ -177,35 +215,188 @@ class Assistant:
                     raise ValueError(f"[assistant] which={which!r}: positions must be 1 to {len(cands)}.")
                 cands = [cands[i - 1] for i in sorted(set(picks))]
         if cands:
-            self.memory.forget([e.id for e in cands], user=self.user)
+            chain = self.linked([e.id for e in cands])
+            self.memory.forget([e.id for e in chain], user=self.user)
+            self._session_facts = []
+            return chain
         return cands
 
-    def learn(self, message: str) -> Optional[str]:
+    def linked(self, ids) -> List[Entry]:
+        """Entries ``ids`` with everything forgetting them must take along: the raw message a
+        fact came from, the facts of a raw message, and every fact of a supersession chain
+        (older and newer). Entries of ``ids`` first, in order."""
+        entries = {e.id: e for e in self.memory.list(user=self.user)}
+        meta = {i: (e.metadata if isinstance(e.metadata, dict) else {}) for i, e in entries.items()}
+        older: dict = {}
+        from_raw: dict = {}
+        for i, m in meta.items():
+            if m.get("superseded_by") is not None:
+                older.setdefault(m["superseded_by"], []).append(i)
+            if m.get("raw_id") is not None:
+                from_raw.setdefault(m["raw_id"], []).append(i)
+        order, seen, todo = [], set(), [i for i in ids if i in entries]
+        while todo:
+            i = todo.pop(0)
+            if i in seen:
+                continue
+            seen.add(i)
+            order.append(i)
+            m = meta[i]
+            nxt = list(older.get(i, []))
+            if m.get("superseded_by") in entries:
+                nxt.append(m["superseded_by"])
+            if m.get("raw_id") in entries:
+                nxt.append(m["raw_id"])
+            if m.get("kind") == "message":
+                nxt += from_raw.get(i, [])
+            todo += [j for j in nxt if j not in seen]
+        return [entries[i] for i in order]
+
+    def learn(self, message: str, ts: Optional[float] = None) -> Optional[str]:
         """Store what ``message`` tells about the user; returns what was done (or None).
-        A message longer than ``chunk_chars`` is stored as chunks (:meth:`learn_long`)."""
+
+        The message is split into atomic facts (:func:`mlx_synapse.memory.extraction.extract`):
+        each is stored as its own entry (metadata ``kind="fact"``, ``slot``, ``valid_from`` =
+        ``ts`` or now, ``raw_id``) beside the message itself (``kind="message"``), and a fact
+        with the slot of an older one supersedes it (the old entry's ``superseded_by``; it
+        stays as history). "Actually, it's X" replaces the value of the fact said last in
+        this session (else of the memory the last reply used). A message with no facts
+        (chit-chat, another language) is stored verbatim, past the surprise gate unless it
+        speaks of the user. Questions are not stored. A message longer than ``chunk_chars``
+        is stored as chunks (:meth:`learn_long`)."""
         text = message.strip()
+        prev, self._session_facts = self._session_facts, []  # a correction fixes the message just before
         if len(text) > self.chunk_chars:
             return self.learn_long(text)
         if not text or is_question(text):
             return None
-        m = _CORRECTION.match(text)
-        if m and self.last is not None and self.last.memories:
-            rest = m.group(2).strip()
-            v = _VALUE.match(rest)
-            value = _strip_value(v.group(1)) if v else ""
-            if value and not set(_norm(w) for w in value.split()) <= _NOT_VALUES:
-                fixed = self._correct(value)
+        when = time.time() if ts is None else float(ts)
+        ex = extract(text, when)
+        if ex.question:
+            return None
+        if ex.correction is not None:
+            fixed = self._correct_last(prev, ex.correction, when)
+            if fixed:
+                return fixed
+            if self.last is not None and self.last.memories:
+                fixed = self._correct(ex.correction, when)
                 if fixed:
                     return fixed
-            elif rest and _FIRST_PERSON.search(rest):
-                text = rest  # "No, my sister lives in Lyon.": stored or replaced below like any statement
-        if not _FIRST_PERSON.search(text):
-            return self.memory.write(text, user=self.user, source="chat").action
-        old = self._same_fact(text)  # a known fact with a new value replaces the old one
-        if old is not None:
-            self.memory.update(old.id, user=self.user, text=text)
+        if not ex.facts:
+            meta = {"kind": "message", "valid_from": when}
+            if not _FIRST_PERSON.search(text) or not ex.english:
+                return self.memory.write(text, user=self.user, source="chat", metadata=meta,
+                                         force=bool(_FIRST_PERSON.search(text)) and ex.english).action
+            old = self._same_fact(text)  # a known fact with a new value replaces the old one
+            r = self.memory.write(text, user=self.user, source="chat", metadata=meta, force=True)
+            if old is not None and r.id is not None and r.id != old.id:
+                self._supersede(old, r.id)
+                return "corrected"
+            return r.action
+        return self._store_facts(text, ex.facts, when)
+
+    def _store_facts(self, text: str, facts: list, when: float) -> str:
+        """Store ``text`` (kind=message) and its ``facts`` (kind=fact), supersede what they replace."""
+        single = len(facts) == 1 and plain(facts[0].text) == plain(text)
+        raw_id = None
+        if not single:
+            r = self.memory.write(text, user=self.user, source="chat", force=True,
+                                  metadata={"kind": "message", "valid_from": when, "facts": len(facts)})
+            raw_id = r.id
+        facts = facts + self._resolved(facts)
+        m = _CORRECTION.match(text)
+        core = m.group(2).strip() if m and m.group(2).strip() else text  # "No, my sister is Anna." -> the statement
+        items = [dict(text=f.text, source="chat:fact", force=True,
+                      metadata={"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
+                                "raw_id": raw_id, "subject": f.subject, "value": f.value}) for f in facts]
+        written = self.memory.write_many(items, user=self.user)
+        actions = [r.action for r in written]
+        action = "added" if "added" in actions else actions[0] if actions else "skipped"
+        self._session_facts = []
+        for f, r in zip(facts, written):
+            if r.id is None:
+                continue
+            self._session_facts.append((r.id, f))
+            if r.action == "refreshed":
+                continue
+            olds = [e for e in self._current_facts(any_kind=True) if e.id != r.id and (
+                (f.slot and (e.metadata or {}).get("slot") == f.slot)
+                or restates(e.text, f.text) or (len(facts) == 1 and restates(e.text, core)))]
+            for e in olds:
+                self._supersede(e, r.id)
+                action = "corrected"
+        return action
+
+    def _resolved(self, facts: list) -> list:
+        """Two-hop facts written once: "Ilse lives in Porto." with "My sister is called Ilse."
+        known gives "My sister Ilse lives in Porto." (and the other way round)."""
+        from .memory.extraction import Fact
+
+        out = []
+        known = self._current_facts()
+        names = {}  # lower-cased name -> (relation key, relation words)
+        for e in known:
+            m = e.metadata or {}
+            if (m.get("slot") or "").endswith(".name") and m.get("value") and m.get("subject") != "user":
+                names[str(m["value"]).lower()] = (m["subject"], e.text.split(" is called ")[0])
+        for f in facts:
+            if f.slot and f.slot.endswith(".name") and f.value and f.subject != "user":
+                names[f.value.lower()] = (f.subject, f.text.split(" is called ")[0])
+        for f in facts:  # a fact about a named person whose relation is known
+            if f.subject and f.subject in names and f.text.lower().startswith(f.subject.replace("_", " ")):
+                rel, words = names[f.subject]
+                name = f.text[:len(f.subject)]
+                attr = f.slot.split(".", 1)[1] if f.slot else None
+                out.append(Fact(f"{words} {name}{f.text[len(f.subject):]}", f"{rel}.{attr}" if attr else None,
+                                f.value, rel, f.change))
+        for f in facts:  # a relation's name given after facts about that name
+            if f.slot and f.slot.endswith(".name") and f.value and f.subject != "user":
+                key = f.value.lower().replace(" ", "_")
+                words = f.text.split(" is called ")[0]
+                for e in known:
+                    m = e.metadata or {}
+                    if m.get("subject") == key and e.text.lower().startswith(f.value.lower()):
+                        attr = m["slot"].split(".", 1)[1] if m.get("slot") else None
+                        out.append(Fact(f"{words} {e.text}", f"{f.subject}.{attr}" if attr else None, m.get("value"),
+                                        f.subject, False))
+        return out
+
+    def _current_facts(self, any_kind: bool = False) -> List[Entry]:
+        """The user's facts not superseded (kind=fact, superseded_by null); ``any_kind``: also
+        entries stored without extraction (``remember``), raw messages aside."""
+        out = []
+        for e in self.memory.list(user=self.user):
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            if m.get("superseded_by") is not None or m.get("kind") == "message":
+                continue
+            if m.get("kind") == "fact" or any_kind:
+                out.append(e)
+        return out
+
+    def _supersede(self, old: Entry, new_id: int) -> None:
+        meta = dict(old.metadata) if isinstance(old.metadata, dict) else {}
+        meta["superseded_by"] = new_id
+        self.memory.update(old.id, user=self.user, metadata=meta)
+
+    def _correct_last(self, prev: list, value: str, when: float) -> Optional[str]:
+        """"Actually, it's X": the fact the previous message stated (``prev``), with X for its value."""
+        from .memory.extraction import Fact
+
+        for fid, f in reversed(prev):
+            if not f.value or f.value not in f.text or plain(f.value) == plain(value):
+                continue
+            old = self.memory.get(fid, user=self.user)
+            if old is None:
+                continue
+            new = Fact(f.text.replace(f.value, value, 1), f.slot, value, f.subject, True)
+            meta = {"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
+                    "raw_id": (old.metadata or {}).get("raw_id"), "subject": f.subject, "value": value}
+            r = self.memory.write(new.text, user=self.user, source="chat:fact", metadata=meta, force=True)
+            if r.id is not None and r.id != fid:
+                self._supersede(old, r.id)
+                self._session_facts = [(r.id, new)]
             return "corrected"
-        return self.memory.write(text, user=self.user, source="chat", force=True).action
+        return None
 
     def learn_long(self, text: str) -> Optional[str]:
         """Store a long message as chunks of at most ``chunk_chars`` (sentences packed
@@ -227,12 +418,13 @@ class Assistant:
 
     def _same_fact(self, text: str) -> Optional[Entry]:
         for e, _ in self.memory.search(text, 3, user=self.user, min_score=0.5, touch=False):
-            if restates(e.text, text):
+            if restates(e.text, text) and not _superseded(e):
                 return e
         return None
 
-    def _correct(self, value: str) -> Optional[str]:
-        """Put ``value`` in place of the old value in the memory the last reply used."""
+    def _correct(self, value: str, when: Optional[float] = None) -> Optional[str]:
+        """Put ``value`` in place of the old value in the memory the last reply used: a new
+        entry that supersedes the old one (kept as history)."""
         question = self.history[-1][0] if self.history else ""
         best = None
         for e, _ in self.last.memories:
@@ -243,7 +435,11 @@ class Assistant:
             return None
         _, e, new = best
         if new != e.text:
-            self.memory.update(e.id, user=self.user, text=new)
+            meta = dict(e.metadata) if isinstance(e.metadata, dict) else {"kind": "fact"}
+            meta.update(valid_from=time.time() if when is None else when, superseded_by=None, value=value)
+            r = self.memory.write(new, user=self.user, source="chat:fact", metadata=meta, force=True)
+            if r.id is not None and r.id != e.id:
+                self._supersede(e, r.id)
         return "corrected"
 
     # ------------------------------------------------------------------ prompting
@@ -267,12 +463,10 @@ class Assistant:
             used += cost
         for u, a in reversed(kept):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        if memories:  # the worked examples go right before the question: the model copies the nearest form
-            for fact, q, a in self.examples_for(memories[0][0].text):
-                msgs += [{"role": "user", "content": f"Context: {fact}\n\nQuestion: {q}"},
-                         {"role": "assistant", "content": a}]
-            context = " ".join(e.text for e, _ in reversed(memories))  # the best one nearest the question
-            msgs.append({"role": "user", "content": f"Context: {context}\n\nQuestion: {message}"})
+        if memories:  # each with its date, the best one nearest the question; no worked example to copy
+            notes = "\n".join(f"- {e.text} (said on {day(said_on(e))})" for e, _ in reversed(memories))
+            msgs.append({"role": "user", "content": f"Notes:\n{notes}\n\n{READER_INSTRUCTION}\n\n"
+                                                    f"Question: {message}"})
         else:
             msgs.append({"role": "user", "content": message})
         return msgs

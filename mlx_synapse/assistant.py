@@ -52,7 +52,8 @@ from .memory.extraction import day, extract
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
-__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "is_question", "replace_value", "restates"]
+__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "READER_INSTRUCTION", "is_question", "replace_value",
+           "restates", "visible", "said_on"]
 
 # Worked examples (fictional, not the user's): the two whose fact is closest to the best
 # memory shown go before the question, the closer one last. A small model copies the
@@ -221,6 +222,26 @@ class Assistant:
             return chain
         return cands
 
+    def history_of(self, query: str, min_score: float = 0.3) -> List[Entry]:
+        """What the user said about ``query`` over time, oldest first: the current fact
+        closest to ``query`` and the facts it superseded ("Where did I live before?")."""
+        hits = visible(self.memory.search(query, 4 * self.k, user=self.user, min_score=min_score, touch=False))
+        facts = [e for e, _ in hits if isinstance(e.metadata, dict) and e.metadata.get("kind") == "fact"]
+        if not facts:
+            return [e for e, _ in hits[:1]]
+        older: dict = {}
+        for e in self.memory.list(user=self.user):
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            if m.get("superseded_by") is not None:
+                older.setdefault(m["superseded_by"], []).append(e)
+        chain, todo = [facts[0]], [facts[0]]
+        while todo:
+            for e in older.get(todo.pop().id, []):
+                if e not in chain:
+                    chain.append(e)
+                    todo.append(e)
+        return sorted(chain, key=lambda e: (said_on(e), e.id))
+
     def linked(self, ids) -> List[Entry]:
         """Entries ``ids`` with everything forgetting them must take along: the raw message a
         fact came from, the facts of a raw message, and every fact of a supersession chain
@@ -313,18 +334,28 @@ class Assistant:
         actions = [r.action for r in written]
         action = "added" if "added" in actions else actions[0] if actions else "skipped"
         self._session_facts = []
+        batch = {r.id for r in written if r.action == "added"}
+        before = [e for e in self._current_facts(any_kind=True) if e.id not in batch]
+        newest = {}  # slot -> the last fact of this message with it: said later, it wins
+        for f, r in zip(facts, written):
+            if r.action == "added" and f.slot:
+                newest[f.slot] = r.id
         for f, r in zip(facts, written):
             if r.id is None:
                 continue
             self._session_facts.append((r.id, f))
             if r.action == "refreshed":
                 continue
-            olds = [e for e in self._current_facts(any_kind=True) if e.id != r.id and (
+            if f.slot and newest.get(f.slot) != r.id:  # "I was a nurse, now I'm a teacher": the later one
+                self._supersede(self.memory.get(r.id, user=self.user), newest[f.slot])
+                continue
+            olds = [e for e in before if e.id != r.id and (
                 (f.slot and (e.metadata or {}).get("slot") == f.slot)
                 or restates(e.text, f.text) or (len(facts) == 1 and restates(e.text, core)))]
             for e in olds:
-                self._supersede(e, r.id)
-                action = "corrected"
+                if not _superseded(e):
+                    self._supersede(e, r.id)
+                    action = "corrected"
         return action
 
     def _resolved(self, facts: list) -> list:
@@ -382,7 +413,10 @@ class Assistant:
         """"Actually, it's X": the fact the previous message stated (``prev``), with X for its value."""
         from .memory.extraction import Fact
 
-        for fid, f in reversed(prev):
+        # the message's own claim before the names it mentioned on the way ("my sister Ilse moved to Porto")
+        ordered = [p for p in reversed(prev) if not (p[1].slot or "").endswith(".name")]
+        ordered += [p for p in reversed(prev) if (p[1].slot or "").endswith(".name")]
+        for fid, f in ordered:
             if not f.value or f.value not in f.text or plain(f.value) == plain(value):
                 continue
             old = self.memory.get(fid, user=self.user)

@@ -164,6 +164,8 @@ class Assistant:
         self._example_vecs: Optional[np.ndarray] = None
         self.last: Optional[Reply] = None
         self._session_facts: list = []  # (id, Fact) stored by the last learn(): what "actually, it's X" fixes
+        self._current: Optional[dict] = None  # id -> Entry: the user's facts not superseded (_current_facts)
+        self._current_dv = None
         self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
 
     # ------------------------------------------------------------------ memory
@@ -182,7 +184,9 @@ class Assistant:
         """Store ``text`` as a memory, past the surprise gate; a text longer than
         ``chunk_chars`` as chunks (see :meth:`learn_long`). Returns the (first) id."""
         if len(text.strip()) <= self.chunk_chars:
-            return self.memory.add(text, user=self.user, source="chat:remember", force=True)
+            i = self.memory.add(text, user=self.user, source="chat:remember", force=True)
+            self._cache_ids([i])
+            return i
         ids = self._store_chunks(text, "chat:remember", force=True)
         return ids[0] if ids else None
 
@@ -218,6 +222,7 @@ class Assistant:
         if cands:
             chain = self.linked([e.id for e in cands])
             self.memory.forget([e.id for e in chain], user=self.user)
+            self._current = None
             self._session_facts = []
             return chain
         return cands
@@ -331,6 +336,7 @@ class Assistant:
                       metadata={"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
                                 "raw_id": raw_id, "subject": f.subject, "value": f.value}) for f in facts]
         written = self.memory.write_many(items, user=self.user)
+        self._cache_ids([r.id for r in written if r.action == "added"])
         actions = [r.action for r in written]
         action = "added" if "added" in actions else actions[0] if actions else "skipped"
         self._session_facts = []
@@ -394,20 +400,38 @@ class Assistant:
 
     def _current_facts(self, any_kind: bool = False) -> List[Entry]:
         """The user's facts not superseded (kind=fact, superseded_by null); ``any_kind``: also
-        entries stored without extraction (``remember``), raw messages aside."""
-        out = []
-        for e in self.memory.list(user=self.user):
-            m = e.metadata if isinstance(e.metadata, dict) else {}
-            if m.get("superseded_by") is not None or m.get("kind") == "message":
-                continue
-            if m.get("kind") == "fact" or any_kind:
-                out.append(e)
-        return out
+        entries stored without extraction (``remember``), raw messages aside. Kept in a cache
+        that this assistant's own writes update and another process's writes invalidate."""
+        dv = self.memory.store.data_version()
+        if self._current is None or dv != self._current_dv:
+            self._current, self._current_dv = {}, dv
+            for e in self.memory.list(user=self.user):
+                self._cache(e)
+        return [e for e in self._current.values()
+                if any_kind or (isinstance(e.metadata, dict) and e.metadata.get("kind") == "fact")]
+
+    def _cache(self, e: Optional[Entry]) -> None:
+        if self._current is None or e is None:
+            return
+        m = e.metadata if isinstance(e.metadata, dict) else {}
+        if m.get("superseded_by") is None and m.get("kind") != "message":
+            self._current[e.id] = e
+        else:
+            self._current.pop(e.id, None)
+
+    def _cache_ids(self, ids) -> None:
+        if self._current is not None:
+            for i in ids:
+                if i is not None:
+                    self._cache(self.memory.get(i, user=self.user))
 
     def _supersede(self, old: Entry, new_id: int) -> None:
         meta = dict(old.metadata) if isinstance(old.metadata, dict) else {}
         meta["superseded_by"] = new_id
-        self.memory.update(old.id, user=self.user, metadata=meta)
+        try:
+            self._cache(self.memory.update(old.id, user=self.user, metadata=meta))
+        except KeyError:  # evicted or deleted meanwhile
+            self._current = None
 
     def _correct_last(self, prev: list, value: str, when: float) -> Optional[str]:
         """"Actually, it's X": the fact the previous message stated (``prev``), with X for its value."""
@@ -426,6 +450,7 @@ class Assistant:
             meta = {"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
                     "raw_id": (old.metadata or {}).get("raw_id"), "subject": f.subject, "value": value}
             r = self.memory.write(new.text, user=self.user, source="chat:fact", metadata=meta, force=True)
+            self._cache_ids([r.id])
             if r.id is not None and r.id != fid:
                 self._supersede(old, r.id)
                 self._session_facts = [(r.id, new)]
@@ -445,6 +470,7 @@ class Assistant:
         items = [dict(text=c, source=source, force=bool(_FIRST_PERSON.search(c)) if force is None else force)
                  for c in chunks]
         written = self.memory.write_many(items, user=self.user) if items else []
+        self._cache_ids([r.id for r in written if r.action == "added"])
         added = sum(r.action == "added" for r in written)
         self.notes.append(f"a {len(text):,}-character message was stored as {len(chunks)} memories of at most "
                           f"{self.chunk_chars} characters ({added} new)")
@@ -472,6 +498,7 @@ class Assistant:
             meta = dict(e.metadata) if isinstance(e.metadata, dict) else {"kind": "fact"}
             meta.update(valid_from=time.time() if when is None else when, superseded_by=None, value=value)
             r = self.memory.write(new, user=self.user, source="chat:fact", metadata=meta, force=True)
+            self._cache_ids([r.id])
             if r.id is not None and r.id != e.id:
                 self._supersede(e, r.id)
         return "corrected"

@@ -82,12 +82,15 @@ def _superseded(e: Entry) -> bool:
 
 
 def visible(hits: List[Tuple[Entry, float]]) -> List[Tuple[Entry, float]]:
-    """What a turn may show of ``hits``: no superseded fact (history), no raw message whose
-    facts were extracted (the facts stand for it), no text twice. Order kept."""
+    """What a turn may show of ``hits``: nothing superseded (history: an older fact, or the
+    message an older fact came from), no raw message when one of its facts is among the
+    hits (the fact says it plainly), no text twice. Order kept."""
     out, seen = [], set()
+    raws = {e.metadata.get("raw_id") for e, _ in hits if isinstance(e.metadata, dict)
+            and e.metadata.get("superseded_by") is None}
     for e, s in hits:
         m = e.metadata if isinstance(e.metadata, dict) else {}
-        if m.get("superseded_by") is not None or (m.get("kind") == "message" and m.get("facts")):
+        if m.get("superseded_by") is not None or (m.get("kind") == "message" and e.id in raws):
             continue
         key = plain(e.text)
         if key in seen:
@@ -237,7 +240,7 @@ class Assistant:
         older: dict = {}
         for e in self.memory.list(user=self.user):
             m = e.metadata if isinstance(e.metadata, dict) else {}
-            if m.get("superseded_by") is not None:
+            if m.get("superseded_by") is not None and m.get("kind") != "message":
                 older.setdefault(m["superseded_by"], []).append(e)
         chain, todo = [facts[0]], [facts[0]]
         while todo:
@@ -426,10 +429,15 @@ class Assistant:
                     self._cache(self.memory.get(i, user=self.user))
 
     def _supersede(self, old: Entry, new_id: int) -> None:
+        """Mark ``old`` as superseded by entry ``new_id``, and the message it came from: that
+        message says the old value too."""
         meta = dict(old.metadata) if isinstance(old.metadata, dict) else {}
         meta["superseded_by"] = new_id
         try:
             self._cache(self.memory.update(old.id, user=self.user, metadata=meta))
+            raw = self.memory.get(meta["raw_id"], user=self.user) if meta.get("raw_id") is not None else None
+            if raw is not None and isinstance(raw.metadata, dict) and raw.metadata.get("superseded_by") is None:
+                self.memory.update(raw.id, user=self.user, metadata=dict(raw.metadata, superseded_by=new_id))
         except KeyError:  # evicted or deleted meanwhile
             self._current = None
 

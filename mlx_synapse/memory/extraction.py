@@ -85,6 +85,7 @@ _TIME_TAIL = re.compile(
     r"(?:,?\s+(?:last|this|next|past)\s+(?:week|month|year|spring|summer|autumn|fall|winter|weekend|night|"
     r"morning|evening|monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
     r"|,?\s+(?:now|today|tonight|yesterday|recently|lately|again|anymore|any more|too|as well|though|actually|"
+    r"a lot|a bit|a little|daily|weekly|most \w+|"
     r"these days|nowadays|at the moment|right now|for now|for good|full[- ]time|part[- ]time|for a living|"
     r"for (?:a|the|about|almost|over|nearly) [\w ]+|for \d+ \w+|since [\w ]+|a (?:few|couple of) \w+ ago|"
     r"\w+ (?:days|weeks|months|years) ago|ago|every \w+|with (?:my|his|her|our) [\w ]+|"
@@ -323,7 +324,10 @@ def _rules(clause: str) -> List[Fact]:
         v = _cap_value(m.group("v"))
         if v:
             fact(m.group("subj"), "city", "I live in {v}.", "{S} lives in {v}.", v, chg=True)
-    m = re.search(r"\b(?:my|our)\s+(?:new\s+)?(?:home|place|apartment|flat|house)\s+(?:is\s+)?in\s+(?P<v>.+)", c, re.I)
+    m = re.search(r"\b(?:my|our)\s+(?:new\s+|little\s+|tiny\s+|rented\s+)?(?:home|place|apartment|flat|house|"
+                  r"neighbou?rhood|street)\s+(?:is\s+|here\s+)?in\s+(?P<v>.+)", c, re.I)
+    if m is None:
+        m = re.search(r"\b(?:here|back home|at home|living)\s+in\s+(?P<v>(?-i:[A-Z]).+)", c, re.I)
     if m is None:
         m = re.search(r"(?:^|\b(?:love|like|enjoy|hate)\s+)living\s+in\s+(?P<v>.+)", c, re.I)
     if m:
@@ -395,8 +399,10 @@ def _rules(clause: str) -> List[Fact]:
                             change))
 
     # plays, speaks, drives, allergies, studies
-    for m in re.finditer(rf"{_SUBJ}{_ADV}(?:\s+(?:love|loves|like|likes|enjoy|enjoys)\s+playing|\s+(?:play|plays|"
-                         rf"started playing|took up|learned|learnt|learning|am learning|'m learning|is learning))"
+    for m in re.finditer(rf"{_SUBJ}{_ADV}(?:\s+(?:have|has)|'ve|'s)?{_ADV}(?:\s+(?:love|loves|like|likes|enjoy|enjoys)\s+playing|\s+(?:play|plays|"
+                         rf"started playing|took up|learned|learnt|learning|am learning|'m learning|is learning|practise|practice|"
+                         rf"practises|practices|practising|practicing|been practising|been practicing|"
+                         rf"'ve been practising|'ve been practicing))"
                          rf"\s+(?P<the>the\s+)?(?P<v>[a-z][\w -]*)", c, re.I):
         v = _np_value(re.split(r"\s+(?:in|at|with|for|on|every|since|from|after|before)\b", m.group("v"))[0], 3)
         if not v:

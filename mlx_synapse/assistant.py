@@ -297,7 +297,7 @@ class Assistant:
         prev, self._session_facts = self._session_facts, []  # a correction fixes the message just before
         if len(text) > self.chunk_chars:
             return self.learn_long(text)
-        if not text or is_question(text):
+        if not text:
             return None
         when = time.time() if ts is None else float(ts)
         ex = extract(text, when)

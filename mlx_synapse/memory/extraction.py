@@ -258,6 +258,7 @@ def _v(first: bool, we: bool, i_form: str, third: str) -> str:
     return i_form if first else third
 
 
+_ADDING = re.compile(r"\b(?:too|also|as well|another|both|in addition)\b", re.I)
 _BE = r"(?:'m|'s|'re|\s+am|\s+is|\s+are|\s+was|\s+were)"
 _ADV = r"(?:\s+(?:now|currently|still|also|actually|finally|just|recently|officially|really|even|already))*"
 
@@ -280,6 +281,7 @@ def _rules(clause: str) -> List[Fact]:
         else:
             text = third_text.format(S=who, v=value, a=_article(value))
         text = text[0].upper() + text[1:]
+        multi = multi or bool(_ADDING.search(c))  # "I play the oboe too": one more, not a replacement
         out.append(Fact(text if text.endswith(".") else text + ".", None if multi else f"{key}.{attr}", value,
                         key, chg))
 
@@ -297,14 +299,17 @@ def _rules(clause: str) -> List[Fact]:
         if v and _is_job(v):
             fact(m.group("subj"), "job", "I work as {a} {v}.", "{S} works as {a} {v}.", v)
     # "being a carpenter is tiring", "as a nurse, I ..."
-    m = re.search(r"(?:^|\b(?:love|like|enjoy|hate)\s+)being\s+an?\s+(?P<v>[a-z][a-z -]*?)\s*(?:\bis\b|\bwas\b|"
-                  r"\bcan be\b|\bhas been\b|\bisn't\b|,|$)", c, re.I)
+    m = re.search(r"(?:^|\b(?:love|like|enjoy|hate|of|about|with)\s+)being\s+an?\s+(?P<v>[a-z][a-z-]*(?:\s+[a-z-]+){0,2})",
+                  c, re.I)
     if m is None:
-        m = re.search(r"^as\s+an?\s+(?P<v>[a-z][a-z -]*?)\s*,", c, re.I)
+        m = re.search(r"^as\s+an?\s+(?P<v>[a-z][a-z-]*(?:\s+[a-z-]+){0,2})\s*,", c, re.I)
     if m:
-        v = _np_value(m.group("v"), 3)
-        if v and _is_job(v):
-            fact("I", "job", "I work as {a} {v}.", "", v)
+        words = m.group("v").split()
+        for n in range(len(words), 0, -1):  # the longest run of words that ends on an occupation
+            v = " ".join(words[:n])
+            if _is_job(v) and not (n > 1 and words[n - 1] in _NOT_JOBS):
+                fact("I", "job", "I work as {a} {v}.", "", v)
+                break
     # "my job as a nurse", "my job is being a nurse"
     m = re.search(r"\bmy\s+(?:new\s+)?(?:job|work|role|position|career|profession|occupation)\s+(?:as|is)\s+"
                   r"(?:being\s+)?an?\s+(?P<v>[a-z][a-z -]*?)\s*(?:\bis\b|\bwas\b|\bat\b|,|$|[.!?])", c, re.I)
@@ -334,6 +339,14 @@ def _rules(clause: str) -> List[Fact]:
         v = _cap_value(m.group("v"))
         if v:
             fact("I", "city", "I live in {v}.", "", v)
+    # "the trams in Oslo were late again, typical of where I live"
+    if not any(f.slot == "user.city" for f in out) and re.search(
+            r"\b(?:where (?:I|we)(?:'ve)? (?:live|lived|am living|'m living)|my (?:city|town|home town|hometown)|"
+            r"(?:round|around) here|our (?:city|town))\b", c, re.I):
+        places = [p for p in (_cap_value(m.group(1)) for m in re.finditer(r"\bin\s+((?-i:[A-Z])[^,.;!?]*)", c, re.I))
+                  if p]
+        if len(set(places)) == 1:
+            fact("I", "city", "I live in {v}.", "", places[0])
     # origin
     for m in re.finditer(rf"{_SUBJ}{_ADV}(?:{_BE})?{_ADV}\s+(?:originally\s+)?(?:from|come from|comes from|"
                          rf"hail from|hails from)\s+(?P<v>.+)", c, re.I):
@@ -401,6 +414,7 @@ def _rules(clause: str) -> List[Fact]:
     # plays, speaks, drives, allergies, studies
     for m in re.finditer(rf"{_SUBJ}{_ADV}(?:\s+(?:have|has)|'ve|'s)?{_ADV}(?:\s+(?:love|loves|like|likes|enjoy|enjoys)\s+playing|\s+(?:play|plays|"
                          rf"started playing|took up|learned|learnt|learning|am learning|'m learning|is learning|practise|practice|"
+                         rf"picked up|pick up|picking up|taking up|take up|"
                          rf"practises|practices|practising|practicing|been practising|been practicing|"
                          rf"'ve been practising|'ve been practicing))"
                          rf"\s+(?P<the>the\s+)?(?P<v>[a-z][\w -]*)", c, re.I):
@@ -408,11 +422,13 @@ def _rules(clause: str) -> List[Fact]:
         if not v:
             continue
         if m.group("the"):
-            fact(m.group("subj"), "instrument", "I play the {v}.", "{S} plays the {v}.", v)
+            fact(m.group("subj"), "instrument", "I play the {v}.", "{S} plays the {v}.", v, multi=True)
         elif not re.search(r"\b(?:with|games?|video|cards|it|that|this|music|outside|around)\b", v, re.I):
             fact(m.group("subj"), f"plays.{v.lower().replace(' ', '_')}", "I play {v}.", "{S} plays {v}.", v,
                  multi=True)
-    for m in re.finditer(rf"{_SUBJ}{_ADV}\s+(?:speak|speaks|spoke)\s+(?P<v>[A-Z][a-z]+(?:\s+and\s+[A-Z][a-z]+)?)", c):
+    for m in re.finditer(rf"{_SUBJ}{_ADV}(?:\s+(?:can|could))?{_ADV}(?:{_BE})?{_ADV}\s+(?:speak|speaks|spoke|get by in|gets by in|"
+                         rf"fluent in|learning|learnt|learned)\s+(?P<v>(?-i:[A-Z][a-z]+(?:\s+and\s+[A-Z][a-z]+)?))",
+                         c, re.I):
         fact(m.group("subj"), "language", "I speak {v}.", "{S} speaks {v}.", m.group("v"), multi=True)
     for m in re.finditer(rf"{_SUBJ}{_ADV}(?:{_BE}){_ADV}\s+(?:severely\s+|very\s+|mildly\s+)?allergic\s+to\s+"
                          rf"(?P<v>[^,.;!?]+)", c, re.I):
@@ -438,6 +454,9 @@ def _rules(clause: str) -> List[Fact]:
 
 
 # ---------------------------------------------------------------------------- whole messages
+
+_FILLER = re.compile(r"^(?:(?:lol|haha+|hah|ugh|oh|ooh|well|so|hey|wow|omg|ok|okay|hmm+|yay|phew|argh|man|honestly|"
+                     r"anyway|anyways)\b[\s,!.]*)+", re.I)
 
 _RELATIVE = (
     (re.compile(r"\b(?:earlier\s+)?today\b", re.I), 0),
@@ -515,6 +534,7 @@ def extract(message: str, ts: Optional[float] = None) -> Extraction:
             if facts:
                 continue
             # no rule matched: a first-person clause, or one about a named person, is a fact as said
+            clause = _FILLER.sub("", clause) or clause
             words = clause.split()
             if len(words) < 3 or len(words) > 40:
                 continue

@@ -532,10 +532,9 @@ class Assistant:
             used += cost
         for u, a in reversed(kept):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        if memories:  # each with its date, the best one nearest the question; no worked example to copy
-            notes = "\n".join(f"- {e.text} (said on {day(said_on(e))})" for e, _ in reversed(memories))
-            msgs.append({"role": "user", "content": f"Notes:\n{notes}\n\n{READER_INSTRUCTION}\n\n"
-                                                    f"Question: {message}"})
+        if memories:  # one per line with its date, the best one nearest the question; nothing else to copy
+            notes = "\n".join(f"{e.text} (said on {day(said_on(e))})" for e, _ in reversed(memories))
+            msgs.append({"role": "user", "content": f"Context:\n{notes}\n\nQuestion: {message}"})
         else:
             msgs.append({"role": "user", "content": message})
         return msgs

@@ -81,10 +81,20 @@ def _superseded(e: Entry) -> bool:
     return isinstance(e.metadata, dict) and e.metadata.get("superseded_by") is not None
 
 
-def visible(hits: List[Tuple[Entry, float]]) -> List[Tuple[Entry, float]]:
+def visible(hits: List[Tuple[Entry, float]], bank: Optional[MemoryBank] = None,
+            user: Optional[str] = None) -> List[Tuple[Entry, float]]:
     """What a turn may show of ``hits``: nothing superseded (history: an older fact, or the
     message an older fact came from), no raw message when one of its facts is among the
-    hits (the fact says it plainly), no text twice. Order kept."""
+    hits (the fact says it plainly), no text twice. Order kept. With ``bank``, a raw message
+    found is shown as its current facts (at its score) when it has any."""
+    if bank is not None:
+        swapped = []
+        for e, s in hits:
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            facts = [bank.get(i, user=user) for i in m.get("fact_ids") or []] if m.get("kind") == "message" else []
+            facts = [f for f in facts if f is not None and not _superseded(f)]
+            swapped += [(f, s) for f in facts] if facts else [(e, s)]
+        hits = swapped
     out, seen = [], set()
     raws = {e.metadata.get("raw_id") for e, _ in hits if isinstance(e.metadata, dict)
             and e.metadata.get("superseded_by") is None}
@@ -177,7 +187,7 @@ class Assistant:
         query = message if len(message) <= 2 * self.chunk_chars else message[-2 * self.chunk_chars:]
         hits = self.memory.search(query, 4 * self.k, user=self.user, min_score=self.min_score,
                                   lexical=self.lexical, touch=not self.read_only)
-        hits = visible(hits)[:self.k]  # the read side's hybrid retrieval replaces this body
+        hits = visible(hits, self.memory, self.user)[:self.k]  # the read side's hybrid retrieval replaces this body
         if hits:
             best = hits[0][1]
             hits = [(e, s) for e, s in hits if s >= best - self.margin]
@@ -263,6 +273,8 @@ class Assistant:
                 older.setdefault(m["superseded_by"], []).append(i)
             if m.get("raw_id") is not None:
                 from_raw.setdefault(m["raw_id"], []).append(i)
+            for p in m.get("parts") or []:  # a list fact says what each of its parts says
+                from_raw.setdefault(p, []).append(i)
         order, seen, todo = [], set(), [i for i in ids if i in entries]
         while todo:
             i = todo.pop(0)
@@ -276,8 +288,7 @@ class Assistant:
                 nxt.append(m["superseded_by"])
             if m.get("raw_id") in entries:
                 nxt.append(m["raw_id"])
-            if m.get("kind") == "message":
-                nxt += from_raw.get(i, [])
+            nxt += [j for j in from_raw.get(i, []) if m.get("kind") == "message" or meta[j].get("parts")]
             todo += [j for j in nxt if j not in seen]
         return [entries[i] for i in order]
 
@@ -337,7 +348,9 @@ class Assistant:
         core = m.group(2).strip() if m and m.group(2).strip() else text  # "No, my sister is Anna." -> the statement
         items = [dict(text=f.text, source="chat:fact", force=True,
                       metadata={"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
-                                "raw_id": raw_id, "subject": f.subject, "value": f.value}) for f in facts]
+                                "raw_id": raw_id, "subject": f.subject, "value": f.value,
+                                **({"topic": f.topic, "form": f.form} if f.topic and f.form else {})})
+                 for f in facts]
         written = self.memory.write_many(items, user=self.user)
         self._cache_ids([r.id for r in written if r.action == "added"])
         actions = [r.action for r in written]
@@ -365,7 +378,37 @@ class Assistant:
                 if not _superseded(e):
                     self._supersede(e, r.id)
                     action = "corrected"
+        if raw_id is not None:  # the message knows its facts: a search that finds it can show them instead
+            raw = self.memory.get(raw_id, user=self.user)
+            if raw is not None:
+                self.memory.update(raw_id, user=self.user, metadata=dict(
+                    raw.metadata or {}, fact_ids=[r.id for r in written if r.id is not None]))
+        for topic in dict.fromkeys(f.topic for f in facts if f.topic and f.form):
+            self._summarize(topic, when)
         return action
+
+    def _summarize(self, topic: str, when: float) -> None:
+        """Facts that hold side by side ("I play the oboe." / "I play the harp.") also as one
+        list ("I play the oboe and harp."), a fact of slot ``<topic>.all`` that the next
+        list supersedes: "Which instruments do I play?" then needs one memory, not several."""
+        from .memory.extraction import join_values
+
+        parts = [e for e in self._current_facts() if (e.metadata or {}).get("topic") == topic
+                 and (e.metadata or {}).get("form")]
+        values = list(dict.fromkeys(str(e.metadata["value"]) for e in parts if e.metadata.get("value")))
+        if len(values) < 2:
+            return
+        text = parts[-1].metadata["form"].replace("{v}", join_values(values))
+        slot = topic + ".all"
+        r = self.memory.write(text, user=self.user, source="chat:fact", force=True, metadata={
+            "kind": "fact", "slot": slot, "valid_from": when, "superseded_by": None, "raw_id": None,
+            "subject": topic.split(".")[0], "value": values, "parts": [e.id for e in parts]})
+        if r.id is None or r.action != "added":
+            return
+        self._cache_ids([r.id])
+        for e in self._current_facts():
+            if e.id != r.id and (e.metadata or {}).get("slot") == slot:
+                self._supersede(e, r.id)
 
     def _resolved(self, facts: list) -> list:
         """Two-hop facts written once: "Ilse lives in Porto." with "My sister is called Ilse."

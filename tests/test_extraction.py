@@ -196,3 +196,23 @@ def test_real_model_answers_the_newest_value_after_a_change(real):
     reply = ask(real, "u2", ["I live in Paris, near the river.", "Busy week at work.",
                              "I moved to Lyon last month and the flat is great."], "Where do I live?")
     assert "lyon" in reply and "paris" not in reply, reply
+
+
+def test_facts_that_hold_side_by_side_are_also_kept_as_one_list(assistant):
+    bank = assistant.memory
+    assistant.learn("I play the marimba.", ts=T0)
+    assistant.learn("Lol, I picked up the oboe too.", ts=T0 + DAY)
+    assistant.learn("I've been practising the harp as well.", ts=T0 + 2 * DAY)
+    now = current(bank)
+    assert {"I play the marimba.", "I play the oboe.", "I play the harp."} <= set(now)  # none replaced
+    assert "I play the marimba, oboe and harp." in now and "I play the marimba and oboe." not in now
+    gone = {e.text for e in assistant.forget("I play the oboe.")}
+    assert {"I play the oboe.", "I play the marimba, oboe and harp."} <= gone  # the list said it too
+    assert "I play the marimba." in current(bank)
+
+
+def test_a_raw_message_found_is_shown_as_its_facts(assistant):
+    msg = "My poor neighbours, I practise the viola every evening now. Anyway, how do I descale a kettle?"
+    assistant.learn(msg, ts=T0)
+    shown = [e.text for e, _ in assistant.retrieve(msg)]
+    assert shown[0] == "I play the viola." and msg not in shown

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-__all__ = ["Fact", "Extraction", "extract", "split_sentences", "split_clauses", "looks_english", "day"]
+__all__ = ["Fact", "Extraction", "extract", "split_sentences", "split_clauses", "looks_english", "day", "join_values"]
 
 # ---------------------------------------------------------------------------- words
 
@@ -126,6 +126,8 @@ class Fact:
     value: Optional[str] = None
     subject: Optional[str] = None
     change: bool = False
+    topic: Optional[str] = None  # facts that hold side by side ("I play the oboe", "... the harp"): what they share
+    form: Optional[str] = None  # the fact's sentence with "{v}" for the value: a list of values is written with it
 
 
 @dataclass
@@ -282,8 +284,10 @@ def _rules(clause: str) -> List[Fact]:
             text = third_text.format(S=who, v=value, a=_article(value))
         text = text[0].upper() + text[1:]
         multi = multi or bool(_ADDING.search(c))  # "I play the oboe too": one more, not a replacement
-        out.append(Fact(text if text.endswith(".") else text + ".", None if multi else f"{key}.{attr}", value,
-                        key, chg))
+        text = text if text.endswith(".") else text + "."
+        topic = f"{key}.{attr.split('.')[0]}" if multi else None
+        form = text.replace(value, "{v}", 1) if multi and value in text else None
+        out.append(Fact(text, None if multi else f"{key}.{attr}", value, key, chg, topic, form))
 
     # work: "I work as a nurse", "my sister works as a pilot", "these days I'm employed as a chef"
     for m in re.finditer(rf"{_SUBJ}{_ADV}(?:{_BE})?{_ADV}\s+(?:work|works|worked|working|employed|"
@@ -381,8 +385,8 @@ def _rules(clause: str) -> List[Fact]:
     for m in re.finditer(rf"\b(?:I|we)(?:\s+(?:have|got|adopted|bought|rescued|own|just got|now have|also have|"
                          rf"just adopted)|'ve\s+got|\s+have\s+got)\s+(?:an?|another|two|three)\s+(?:new\s+|little\s+|"
                          rf"\w+\s+)?(?P<v>{_PETS})s?\b", c, re.I):
-        out.append(Fact(f"I have {_article(m.group('v'))} {m.group('v').lower()}.", None, m.group("v").lower(),
-                        "user", change))
+        pet = f"{_article(m.group('v'))} {m.group('v').lower()}"
+        out.append(Fact(f"I have {pet}.", None, pet, "user", change, "user.pet", "I have {v}."))
 
     # favourites: "my favorite food is sushi", "sushi is my favourite food", "lately my favourite band is X"
     fav = r"fav(?:ou?rite|e)"
@@ -491,6 +495,11 @@ def _correction(text: str) -> Tuple[Optional[str], str]:
     return None, rest or text
 
 
+def join_values(values: List[str]) -> str:
+    """"a", "b", "c" -> "a, b and c"."""
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+
+
 def extract(message: str, ts: Optional[float] = None) -> Extraction:
     """The facts ``message`` states (see the module docstring); ``ts``, the message's
     time, turns "today"/"yesterday" into dates in the facts' texts."""
@@ -527,7 +536,7 @@ def extract(message: str, ts: Optional[float] = None) -> Extraction:
             for f in facts:
                 if f.text.lower() not in seen:
                     seen.add(f.text.lower())
-                    out.facts.append(Fact(_absolute(f.text, ts), f.slot, f.value, f.subject, f.change))
+                    out.facts.append(Fact(_absolute(f.text, ts), f.slot, f.value, f.subject, f.change, f.topic, f.form))
             ms = re.match(rf"^\s*(?:(?:so|and|but|well|oh|also|anyway),?\s+)?({_SUBJ})", clause)
             if ms and not re.match(r"^(?:I|we)$", ms.group(1), re.I) and _ok_subject(ms.group(1)):
                 prev_subj = ms.group(1)
@@ -543,6 +552,9 @@ def extract(message: str, ts: Optional[float] = None) -> Extraction:
                 and re.match(r"\s*(?:is|was|has|had|and|just|also|still|now|\w+s|\w+ed)\b", clause[ms.end():])
             if not (about_me or named):
                 continue
+            if not re.search(r"\b(?:i|we|i'm|i've|i'd|i'll|we're|we've|is|are|was|were|am|be|been|has|have|had|do|"
+                             r"does|did|can|could|will|would|\w+ed)\b", clause, re.I):
+                continue  # "My poor neighbours!": no verb, nothing stated
             if re.match(r"^(?:i\s+(?:think|guess|hope|wonder|feel|mean|know|suppose|love|hate)\s+(?:it|that|so|this)\b|"
                         r"thanks|thank you|lol|haha|ok|okay)", clause, re.I):
                 continue

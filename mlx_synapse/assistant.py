@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Tuple
 
-import datetime as dt
+import re
 import time
 
 import numpy as np
@@ -75,6 +75,12 @@ N_EXAMPLES = 2  # kept for older callers; the prompt no longer shows worked exam
 
 ABSTAIN = "I don't know."
 READER_INSTRUCTION = ("Answer my question from these notes only. If the notes do not say, answer: " + ABSTAIN)
+
+
+# A question about time: the notes shown carry the date each was said. Shown always, dates
+# made the model answer with them ("(said on ...") or misread the notes ("sorry for your loss").
+_WHEN = re.compile(r"^\s*(?:when|since when|how long ago|what (?:day|date|year|month|time)|which (?:day|date|year|month)|"
+                   r"on what (?:day|date))\b", re.I)
 
 
 def _superseded(e: Entry) -> bool:
@@ -575,8 +581,9 @@ class Assistant:
             used += cost
         for u, a in reversed(kept):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        if memories:  # one per line with its date, the best one nearest the question; nothing else to copy
-            notes = "\n".join(f"{e.text} (said on {day(said_on(e))})" for e, _ in reversed(memories))
+        if memories:  # one per line, the best one nearest the question; dates only when it asks about time
+            dated = bool(_WHEN.match(message))
+            notes = "\n".join(e.text + (f" (said on {day(said_on(e))})" if dated else "") for e, _ in reversed(memories))
             msgs.append({"role": "user", "content": f"Context:\n{notes}\n\nQuestion: {message}"})
         else:
             msgs.append({"role": "user", "content": message})

@@ -90,9 +90,9 @@ def test_prompt_shows_dated_notes_only_with_memories_and_the_best_last(assistant
     import datetime as dt
     d = dt.datetime.fromtimestamp(when, dt.timezone.utc)
     date = f"{d.day} {d.strftime('%B %Y')}"
-    assert msgs[-1]["content"] == (f"Context:\nMy cat is called Miso. (said on {date})\n"
-                                   f"My dog is called Pickle. (said on {date})\n\n"
-                                   "Question: what is my dog called?")
+    assert msgs[-1]["content"] == "Context:\nMy cat is called Miso.\nMy dog is called Pickle.\n\nQuestion: what is my dog called?"
+    msgs = a.build_messages("When did I get my dog?", [(bank.get(i), 0.8)])  # about time: each note dated
+    assert msgs[-1]["content"] == f"Context:\nMy dog is called Pickle. (said on {date})\n\nQuestion: When did I get my dog?"
     # history is kept newest first within the token budget
     a.history = [("one two three", "four five"), ("six", "seven eight nine ten")]
     a.history_tokens = 5

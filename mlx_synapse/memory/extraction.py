@@ -470,9 +470,15 @@ _RELATIVE = (
 
 
 def _absolute(text: str, ts: Optional[float]) -> str:
-    """"today" / "yesterday" in ``text`` as the date they meant."""
+    """"today" / "yesterday" in ``text`` as the date they meant ("Today was my first day at the
+    new job." -> "My first day at the new job was on 4 March 2024.")."""
     if ts is None:
         return text
+    m = re.match(r"^(today|tonight|yesterday|this (?:morning|afternoon|evening))\s+(?:is|was)\s+(.+?)([.!]*)$", text, re.I)
+    if m:
+        rest = m.group(2)
+        d = day(ts - 86400 if m.group(1).lower() == "yesterday" else ts)
+        return f"{rest[0].upper()}{rest[1:]} was on {d}{m.group(3) or '.'}"
     for pat, delta in _RELATIVE:
         text = pat.sub(lambda m, d=delta: f"on {day(ts + 86400 * d)}", text)
     return text

@@ -48,7 +48,7 @@ from .chat_limits import model_context, split_chunks, truncate_tokens
 from .copy_bias import make_copy_bias
 from .generate import stream_generate
 from .memory.bank import Entry, MemoryBank
-from .memory.extraction import day, extract
+from .memory.extraction import day, extract, question_slot
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
@@ -74,7 +74,7 @@ EXAMPLES = (
 N_EXAMPLES = 2  # kept for older callers; the prompt no longer shows worked examples (see build_messages)
 
 ABSTAIN = "I don't know."
-READER_INSTRUCTION = ("Answer my question from these notes only. If the notes do not say, answer: " + ABSTAIN)
+READER_INSTRUCTION = "If the context does not say, answer: " + ABSTAIN
 
 
 # A question about time: the notes shown carry the date each was said. Shown always, dates
@@ -184,6 +184,7 @@ class Assistant:
         self.last: Optional[Reply] = None
         self._session_facts: list = []  # (id, Fact) stored by the last learn(): what "actually, it's X" fixes
         self._current: Optional[dict] = None  # id -> Entry: the user's facts not superseded (_current_facts)
+        self._abstain = False  # this turn's question asks what the user never said (not_told)
         self._current_dv = None
         self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
 
@@ -585,6 +586,9 @@ class Assistant:
             dated = bool(_WHEN.match(message))
             notes = "\n".join(e.text + (f" (said on {day(said_on(e))})" if dated else "") for e, _ in reversed(memories))
             msgs.append({"role": "user", "content": f"Context:\n{notes}\n\nQuestion: {message}"})
+        elif self._abstain:  # asked about what was never said: nothing shown, and the way to say so
+            msgs.append({"role": "user", "content": f"Context:\n(nothing about this)\n\nQuestion: {message}\n"
+                                                    f"{READER_INSTRUCTION}"})
         else:
             msgs.append({"role": "user", "content": message})
         return msgs
@@ -682,9 +686,34 @@ class Assistant:
                              f"{self.max_message_chars:,}. Send it in parts.")
         self.notes = []
         memories = self.retrieve(message)
+        self._abstain = bool(memories) and self.not_told(message, memories)
+        if self._abstain:
+            memories = []
         learned = self.learn(message) if self.auto_learn and not self.read_only else None
-        ids, memories = self.build_prompt(message, memories)
+        try:
+            ids, memories = self.build_prompt(message, memories)
+        finally:
+            self._abstain = False
         return ids, memories, learned
+
+    def not_told(self, message: str, memories: List[Tuple[Entry, float]]) -> bool:
+        """True when ``message`` asks about a slot (:func:`question_slot`: "What is my niece's
+        job?" -> ``niece.job``) that no current fact has, and every memory found is a fact
+        about some other slot: the notes cannot answer it, and a small model shown them
+        answers with their value. Unsure (no slot, or an unstructured memory found): False."""
+        want = question_slot(message)
+        if want is None or not is_question(message):
+            return False
+        for e, _ in memories:
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            if m.get("kind") != "fact" or not (m.get("slot") or m.get("topic")):
+                return False
+        for e in self._current_facts():
+            m = e.metadata or {}
+            slot = m.get("slot") or ""
+            if slot == want or slot.startswith(want + ".") or m.get("topic") == want:
+                return False
+        return True
 
     def processors(self, ids: list, memories: List[Tuple[Entry, float]]) -> list:
         """Logits processors for the reply to prompt ``ids``: the copy bias toward the

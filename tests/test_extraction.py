@@ -216,3 +216,25 @@ def test_a_raw_message_found_is_shown_as_its_facts(assistant):
     assistant.learn(msg, ts=T0)
     shown = [e.text for e, _ in assistant.retrieve(msg)]
     assert shown[0] == "I play the viola." and msg not in shown
+
+
+def test_a_question_about_what_was_never_said_shows_no_other_fact(assistant):
+    from mlx_synapse.memory.extraction import question_slot
+
+    assert question_slot("What is my niece's job?") == "niece.job"
+    assert question_slot("What does my older brother do for a living?") == "older_brother.job"
+    assert question_slot("Where do I live?") == "user.city" and question_slot("What's my blood type?") is None
+    assistant.learn("My niece lives in Graz.", ts=T0)
+    assistant.learn("My niece is called Ottilie.", ts=T0 + DAY)
+    found = assistant.retrieve("What is my niece's job?")
+    assert found and assistant.not_told("What is my niece's job?", found)  # facts about her, none about her job
+    assert not assistant.not_told("Where does my niece live?", assistant.retrieve("Where does my niece live?"))
+    _, shown, _ = assistant.prepare("What is my niece's job?")
+    assert shown == []
+    assistant._abstain = True
+    assert "answer: I don't know." in assistant.build_messages("What is my niece's job?", [])[-1]["content"]
+    assistant._abstain = False
+    assert assistant.build_messages("What is my niece's job?", []) == [
+        {"role": "user", "content": "What is my niece's job?"}]  # no memory found: the bare question, as before
+    assistant.remember("My niece repairs watches.")  # said in a form no rule reads: not sure, so no abstaining
+    assert not assistant.not_told("What is my niece's job?", assistant.retrieve("What is my niece's job?"))

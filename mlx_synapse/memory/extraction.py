@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-__all__ = ["Fact", "Extraction", "extract", "split_sentences", "split_clauses", "looks_english", "day", "join_values"]
+__all__ = ["Fact", "Extraction", "extract", "split_sentences", "split_clauses", "looks_english", "day", "join_values",
+           "question_slot"]
 
 # ---------------------------------------------------------------------------- words
 
@@ -574,3 +575,30 @@ def extract(message: str, ts: Optional[float] = None) -> Extraction:
                 out.facts.append(Fact(s, None, None, "user" if about_me else _subject(ms.group(1))[0],
                                       bool(_CHANGE.search(clause))))
     return out
+
+
+_ASKS = (
+    ("job", re.compile(r"\b(?:job|jobs|work|works|working|do for a living|does for a living|profession|occupation|"
+                       r"career)\b", re.I)),
+    ("city", re.compile(r"\b(?:live|lives|(?<!for a )living|city|town|based)\b", re.I)),
+    ("name", re.compile(r"\b(?:name|called|named)\b", re.I)),
+)
+
+
+def question_slot(question: str) -> Optional[str]:
+    """The slot a question asks about, when it is one the rules write ("What is my niece's
+    job?" -> ``niece.job``, "Where do I live?" -> ``user.city``, "What's my favourite
+    dish?" -> ``user.favorite.dish``); None when unsure."""
+    q = " ".join(question.split())
+    m = re.search(rf"\bmy\s+((?:(?:{_MOD})\s+)?(?:{_REL}))(?:'s)?\b", q, re.I)
+    subj = _subject("my " + m.group(1))[0] if m else None
+    rest = q[m.end():] if m else q
+    if subj is None and re.search(r"\b(?:i|my|me)\b", q, re.I):
+        subj = "user"
+    if subj is None:
+        return None
+    fav = re.search(r"\bfav(?:ou?rite|e)\s+([a-z]+)", rest if m else q, re.I)
+    if fav:
+        return f"{subj}.favorite.{fav.group(1).lower()}"
+    asks = [a for a, pat in _ASKS if pat.search(rest if m else q)]
+    return f"{subj}.{asks[0]}" if len(asks) == 1 else None

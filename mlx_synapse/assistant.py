@@ -4,34 +4,41 @@
 
 * ``respond(message)`` retrieves the user's memories closest to the message (dense
   search re-ranked by word overlap, ``lexical``; only those scoring ``min_score`` or
-  more and within ``margin`` of the best one, at most ``k``: a small model is easily
-  distracted by a neighbouring memory), puts them before the question as
-  ``Context: ...`` after two worked examples of that form, keeps the session's
-  earlier turns up to ``history_tokens``, and generates with a bias toward repeating
-  the shown memories' words exactly (:mod:`mlx_synapse.copy_bias`). The reply says
-  which memories were used, with their scores.
-* ``learn(message)`` decides what to keep: questions are not stored; corrections
-  ("actually, it's green": the old value in the memory the last reply used is
-  replaced, :func:`replace_value`) and restatements of a known fact with a new value
-  ("my favorite color is green", :func:`restates`) rewrite the old memory instead of
-  adding a contradiction; other first-person statements are stored; anything else
-  goes through the bank's surprise gate. ``respond`` calls it on every message.
+  more and within ``margin`` of the best one, at most ``k``; superseded facts and raw
+  messages whose facts stand for them are left out, :func:`visible`), puts them before
+  the question as ``Context:`` one per line (the best one last; each with the date it
+  was said when the question asks about time), keeps the session's earlier turns up
+  to ``history_tokens``, and generates with a bias toward repeating the shown
+  memories' words exactly (:mod:`mlx_synapse.copy_bias`). No worked example is shown:
+  the model copied their answers. A question about a slot no fact has, with only facts
+  about other slots found (:meth:`not_told`), is shown none of them and told how to
+  say it does not know. The reply says which memories were used, with their scores.
+* ``learn(message, ts=None)`` splits the message into atomic facts
+  (:mod:`mlx_synapse.memory.extraction`): each is an entry of its own (metadata
+  ``kind="fact"``, ``slot``, ``valid_from``, ``raw_id``) beside the message
+  (``kind="message"``); a fact with the slot of an older one, or restating it with a
+  new value, supersedes it (``superseded_by``; the old one stays as history,
+  :meth:`history_of`); "actually, it's X" fixes the fact said just before (or the
+  memory the last reply used); values that hold side by side are also kept as one
+  list. A message with no facts (chit-chat, other languages) is stored verbatim, past
+  the surprise gate unless it speaks of the user. ``respond`` calls it on every message.
 * ``remember(text)`` and ``forget(query)`` are explicit; ``forget_candidates(query)``
   lists what a forget would delete (an exact text match first, else the close search
-  hits), and ``forget`` deletes only one clear match unless told which.
+  hits), and ``forget`` deletes only one clear match unless told which, together with
+  what it is linked to (:meth:`linked`: its raw message, its supersession chain, the
+  lists it is part of).
 * Bounds: ``prompt + max_tokens`` never exceeds the model's context: memories shown are
   held to ``memory_tokens``, earlier turns to what is left, and the user's turn is cut
   (its end kept) when it alone does not fit; a message longer than ``chunk_chars`` is
   stored as sentence-sized chunks (:mod:`mlx_synapse.chat_limits`). ``Reply.notes`` says
   when any of this happened.
 
-Why this form (SmolLM2-135M-Instruct, greedy): 120 questions about 60 fictional facts
-were answered right 95% of the time with the two worked examples, 81% with the bare
-``Context:`` form in the user turn, 64% with the facts in a system block, 0% without
-the memory; the relevant memory placed last did best. With 300 facts stored, showing
-three memories let the model answer from a neighbouring one (64.5%); showing the
-best alone after re-ranking, plus the copy bias, is what
-``benchmarks/personalization.py`` measures now (see the README).
+Why this form (SmolLM2-135M-Instruct, greedy, dev split of ``benchmarks/conversation``,
+8 questions per category): an always-on "if the notes do not say, answer I don't know"
+instruction made the model refuse answerable questions (21/64 answerable right, against
+40/64 without it); a date on every note made it answer with the date or misread the
+notes (44/64, against 51/64 with dates only for questions about time); one fixed worked
+example fell to 27/64.
 """
 
 from __future__ import annotations

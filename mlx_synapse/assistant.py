@@ -34,11 +34,12 @@
   when any of this happened.
 
 Why this form (SmolLM2-135M-Instruct, greedy, dev split of ``benchmarks/conversation``,
-8 questions per category): an always-on "if the notes do not say, answer I don't know"
-instruction made the model refuse answerable questions (21/64 answerable right, against
-40/64 without it); a date on every note made it answer with the date or misread the
-notes (44/64, against 51/64 with dates only for questions about time); one fixed worked
-example fell to 27/64.
+8 questions per category, each pair measured in one run on the same code): an always-on
+"if the notes do not say, answer I don't know" instruction made the model refuse
+answerable questions (21/64 answerable right, against 37/64 without it); a date on every
+note made it answer with the date or misread the notes (47/64, against 51/64 with dates
+only for questions about time); one fixed worked example scored 27/64 against 40/64
+without it.
 """
 
 from __future__ import annotations

@@ -353,20 +353,23 @@ class Assistant:
     def _store_facts(self, text: str, facts: list, when: float) -> str:
         """Store ``text`` (kind=message) and its ``facts`` (kind=fact), supersede what they replace."""
         single = len(facts) == 1 and plain(facts[0].text) == plain(text)
-        raw_id = None
-        if not single:
-            r = self.memory.write(text, user=self.user, source="chat", force=True,
-                                  metadata={"kind": "message", "valid_from": when, "facts": len(facts)})
-            raw_id = r.id
         facts = facts + self._resolved(facts)
         m = _CORRECTION.match(text)
         core = m.group(2).strip() if m and m.group(2).strip() else text  # "No, my sister is Anna." -> the statement
         items = [dict(text=f.text, source="chat:fact", force=True,
                       metadata={"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
-                                "raw_id": raw_id, "subject": f.subject, "value": f.value,
+                                "raw_id": None, "subject": f.subject, "value": f.value,
                                 **({"topic": f.topic, "form": f.form} if f.topic and f.form else {})})
                  for f in facts]
-        written = self.memory.write_many(items, user=self.user)
+        raw = [] if single else [dict(text=text, source="chat", force=True,
+                                      metadata={"kind": "message", "valid_from": when, "facts": len(facts)})]
+        written = self.memory.write_many(raw + items, user=self.user)  # one write: one search of the index
+        raw_id = written[0].id if raw else None
+        written = written[len(raw):]
+        if raw_id is not None:  # each new fact names its message
+            for it, r in zip(items, written):
+                if r.action == "added":
+                    self.memory.update(r.id, user=self.user, metadata=dict(it["metadata"], raw_id=raw_id))
         self._cache_ids([r.id for r in written if r.action == "added"])
         actions = [r.action for r in written]
         action = "added" if "added" in actions else actions[0] if actions else "skipped"

@@ -2,36 +2,45 @@
 
 ``Assistant(model, tokenizer, memory, user=...)``:
 
-* ``respond(message)`` retrieves the user's memories closest to the message (dense
-  search re-ranked by word overlap, ``lexical``; only those scoring ``min_score`` or
-  more and within ``margin`` of the best one, at most ``k``: a small model is easily
-  distracted by a neighbouring memory), puts them before the question as
-  ``Context: ...`` after two worked examples of that form, keeps the session's
-  earlier turns up to ``history_tokens``, and generates with a bias toward repeating
-  the shown memories' words exactly (:mod:`mlx_synapse.copy_bias`). The reply says
-  which memories were used, with their scores.
-* ``learn(message)`` decides what to keep: questions are not stored; corrections
-  ("actually, it's green": the old value in the memory the last reply used is
-  replaced, :func:`replace_value`) and restatements of a known fact with a new value
-  ("my favorite color is green", :func:`restates`) rewrite the old memory instead of
-  adding a contradiction; other first-person statements are stored; anything else
-  goes through the bank's surprise gate. ``respond`` calls it on every message.
+* ``respond(message)`` retrieves the user's memories for the message (full-text BM25
+  and dense search fused, with a second hop on names, :mod:`mlx_synapse.memory.retrieval`;
+  those with cosine ``min_score`` or more, or named by one shown, at most ``k``;
+  superseded facts and raw messages whose facts stand for them are left out,
+  :func:`visible`), puts them before
+  the question as ``Context:`` one per line (the best one last; each with the date it
+  was said when the question asks about time), keeps the session's earlier turns up
+  to ``history_tokens``, and generates with a bias toward repeating the shown
+  memories' words exactly (:mod:`mlx_synapse.copy_bias`). No worked example is shown:
+  the model copied their answers. A question about a slot no fact has, with only facts
+  about other slots found (:meth:`not_told`), is shown none of them and told how to
+  say it does not know. The reply says which memories were used, with their scores.
+* ``learn(message, ts=None)`` splits the message into atomic facts
+  (:mod:`mlx_synapse.memory.extraction`): each is an entry of its own (metadata
+  ``kind="fact"``, ``slot``, ``valid_from``, ``raw_id``) beside the message
+  (``kind="message"``); a fact with the slot of an older one, or restating it with a
+  new value, supersedes it (``superseded_by``; the old one stays as history,
+  :meth:`history_of`); "actually, it's X" fixes the fact said just before (or the
+  memory the last reply used); values that hold side by side are also kept as one
+  list. A message with no facts (chit-chat, other languages) is stored verbatim, past
+  the surprise gate unless it speaks of the user. ``respond`` calls it on every message.
 * ``remember(text)`` and ``forget(query)`` are explicit; ``forget_candidates(query)``
   lists what a forget would delete (an exact text match first, else the close search
-  hits), and ``forget`` deletes only one clear match unless told which.
+  hits), and ``forget`` deletes only one clear match unless told which, together with
+  what it is linked to (:meth:`linked`: its raw message, its supersession chain, the
+  lists it is part of).
 * Bounds: ``prompt + max_tokens`` never exceeds the model's context: memories shown are
   held to ``memory_tokens``, earlier turns to what is left, and the user's turn is cut
   (its end kept) when it alone does not fit; a message longer than ``chunk_chars`` is
   stored as sentence-sized chunks (:mod:`mlx_synapse.chat_limits`). ``Reply.notes`` says
   when any of this happened.
 
-Why this form (SmolLM2-135M-Instruct, greedy): 120 questions about 60 fictional facts
-were answered right 95% of the time with the two worked examples, 81% with the bare
-``Context:`` form in the user turn, 64% with the facts in a system block, 0% without
-the memory; the relevant memory placed last did best. With 300 facts stored, showing
-three memories let the model answer from a neighbouring one (64.5%); showing the
-best alone after re-ranking, plus the copy bias, is what
-``benchmarks/personalization.py`` measures now (see the README).
+Why this form (SmolLM2-135M-Instruct, greedy, dev split of ``benchmarks/conversation``,
+8 questions per category, each pair measured in one run on the same code): an always-on
+"if the notes do not say, answer I don't know" instruction made the model refuse
+answerable questions (21/64 answerable right, against 37/64 without it); a date on every
+note made it answer with the date or misread the notes (47/64, against 51/64 with dates
+only for questions about time); one fixed worked example scored 27/64 against 40/64
+without it.
 """
 
 from __future__ import annotations
@@ -39,16 +48,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Tuple
 
+import re
+import time
+
 import numpy as np
 
 from .chat_limits import model_context, split_chunks, truncate_tokens
 from .copy_bias import make_copy_bias
 from .generate import stream_generate
 from .memory.bank import Entry, MemoryBank
+from .memory.extraction import day, extract, question_slot
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
-__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "is_question", "replace_value", "restates"]
+__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "READER_INSTRUCTION", "is_question", "replace_value",
+           "restates", "visible", "said_on"]
 
 # Worked examples (fictional, not the user's): the two whose fact is closest to the best
 # memory shown go before the question, the closer one last. A small model copies the
@@ -66,7 +80,57 @@ EXAMPLES = (
     ("My uncle works as a glassblower.", "What does my uncle do for a living?", "Your uncle works as a glassblower."),
     ("My aunt's cat is named Biscuit.", "What's the name of my aunt's cat?", "Your aunt's cat is named Biscuit."),
 )
-N_EXAMPLES = 2
+N_EXAMPLES = 2  # kept for older callers; the prompt no longer shows worked examples (see build_messages)
+
+ABSTAIN = "I don't know."
+READER_INSTRUCTION = "If the context does not say, answer: " + ABSTAIN
+
+
+# A question about time: the notes shown carry the date each was said. Shown always, dates
+# made the model answer with them ("(said on ...") or misread the notes ("sorry for your loss").
+_WHEN = re.compile(r"^\s*(?:when|since when|how long ago|what (?:day|date|year|month|time)|which (?:day|date|year|month)|"
+                   r"on what (?:day|date))\b", re.I)
+
+
+def _superseded(e: Entry) -> bool:
+    return isinstance(e.metadata, dict) and e.metadata.get("superseded_by") is not None
+
+
+def visible(hits: List[Tuple[Entry, float]], bank: Optional[MemoryBank] = None,
+            user: Optional[str] = None) -> List[Tuple[Entry, float]]:
+    """What a turn may show of ``hits``: nothing superseded (history: an older fact, or the
+    message an older fact came from), no raw message when one of its facts is among the
+    hits (the fact says it plainly), no text twice. Order kept. With ``bank``, a raw message
+    found is shown as its current facts (at its score) when it has any."""
+    if bank is not None:
+        swapped = []
+        for e, s in hits:
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            facts = [bank.get(i, user=user) for i in m.get("fact_ids") or []] if m.get("kind") == "message" else []
+            facts = [f for f in facts if f is not None and not _superseded(f)]
+            swapped += [(f, s) for f in facts] if facts else [(e, s)]
+        hits = swapped
+    out, seen = [], set()
+    raws = {e.metadata.get("raw_id") for e, _ in hits if isinstance(e.metadata, dict)
+            and e.metadata.get("superseded_by") is None}
+    for e, s in hits:
+        m = e.metadata if isinstance(e.metadata, dict) else {}
+        if m.get("superseded_by") is not None or (m.get("kind") == "message" and e.id in raws):
+            continue
+        key = plain(e.text)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((e, s))
+    return out
+
+
+def said_on(e: Entry) -> float:
+    """When ``e`` was said: its metadata's ``valid_from``, else when it was stored."""
+    m = e.metadata if isinstance(e.metadata, dict) else {}
+    v = m.get("valid_from")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float(e.created)
+
 
 @dataclass
 class Reply:
@@ -90,8 +154,9 @@ class Assistant:
         model, tokenizer: from :func:`mlx_synapse.load` (either backend).
         memory: the user's :class:`MemoryBank`.
         user: whose memories are read and written.
-        k, min_score, margin: at most ``k`` memories with cosine >= ``min_score`` and
-            within ``margin`` of the best are put in the prompt.
+        k, min_score: at most ``k`` memories with cosine >= ``min_score`` (or named by a
+            memory shown) are put in the prompt.
+        margin, lexical: kept for callers of the older dense-only retrieval; unused.
         history_tokens: earlier turns of this session kept in the prompt (newest first).
         max_tokens, temp, top_p: generation settings.
         system: an optional system message.
@@ -127,25 +192,32 @@ class Assistant:
         self.history: List[Tuple[str, str]] = []  # (user message, reply) of this session
         self._example_vecs: Optional[np.ndarray] = None
         self.last: Optional[Reply] = None
+        self._session_facts: list = []  # (id, Fact) stored by the last learn(): what "actually, it's X" fixes
+        self._current: Optional[dict] = None  # id -> Entry: the user's facts not superseded (_current_facts)
+        self._abstain = False  # this turn's question asks what the user never said (not_told)
+        self._current_dv = None
         self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
 
     # ------------------------------------------------------------------ memory
 
     def retrieve(self, message: str) -> List[Tuple[Entry, float]]:
         query = message if len(message) <= 2 * self.chunk_chars else message[-2 * self.chunk_chars:]
-        # Fused BM25 + dense retrieval with a second hop (mlx_synapse.memory.retrieval): up to k
-        # memories in fused order, fewer where the fused score drops sharply; a memory is shown
-        # when its cosine reaches min_score, or when a shown one named it (the two-hop bridge).
-        # Superseded facts stay out. The score given with each memory is its cosine.
-        hits = self.memory.retrieve(query, self.k, user=self.user, min_score=self.min_score,
+        # Fused BM25 + dense retrieval with a second hop (mlx_synapse.memory.retrieval): memories
+        # in fused order, fewer where the fused score drops sharply; a memory is shown when its
+        # cosine reaches min_score, or when a shown one named it (the two-hop bridge). Superseded
+        # facts stay out; a raw message found is shown as the facts taken from it (``visible``).
+        # The score given with each memory is its cosine.
+        hits = self.memory.retrieve(query, 2 * self.k, user=self.user, min_score=self.min_score,
                                     touch=not self.read_only)
-        return [(h.entry, h.cosine) for h in hits]
+        return visible([(h.entry, h.cosine) for h in hits], self.memory, self.user)[:self.k]
 
     def remember(self, text: str) -> Optional[int]:
         """Store ``text`` as a memory, past the surprise gate; a text longer than
         ``chunk_chars`` as chunks (see :meth:`learn_long`). Returns the (first) id."""
         if len(text.strip()) <= self.chunk_chars:
-            return self.memory.add(text, user=self.user, source="chat:remember", force=True)
+            i = self.memory.add(text, user=self.user, source="chat:remember", force=True)
+            self._cache_ids([i])
+            return i
         ids = self._store_chunks(text, "chat:remember", force=True)
         return ids[0] if ids else None
 
@@ -166,6 +238,7 @@ class Assistant:
         ``which`` picks: ``"all"`` or 1-based positions in the candidate list; without it
         nothing is deleted and a ValueError lists them (never more than the user meant)."""
         cands = [e for e, _ in self.forget_candidates(query, min_score)]
+        cands = [e for e in cands if not _superseded(e)] or cands  # the current fact; its history goes with it
         if len(cands) > 1:
             if which is None:
                 listed = "; ".join(f"{i}. {e.text!r}" for i, e in enumerate(cands, 1))
@@ -178,35 +251,283 @@ class Assistant:
                     raise ValueError(f"[assistant] which={which!r}: positions must be 1 to {len(cands)}.")
                 cands = [cands[i - 1] for i in sorted(set(picks))]
         if cands:
-            self.memory.forget([e.id for e in cands], user=self.user)
+            chain = self.linked([e.id for e in cands])
+            self.memory.forget([e.id for e in chain], user=self.user)
+            self._current = None
+            self._session_facts = []
+            return chain
         return cands
 
-    def learn(self, message: str) -> Optional[str]:
+    def history_of(self, query: str, min_score: float = 0.3) -> List[Entry]:
+        """What the user said about ``query`` over time, oldest first: the current fact
+        closest to ``query`` and the facts it superseded ("Where did I live before?")."""
+        hits = visible(self.memory.search(query, 4 * self.k, user=self.user, min_score=min_score, touch=False))
+        facts = [e for e, _ in hits if isinstance(e.metadata, dict) and e.metadata.get("kind") == "fact"]
+        if not facts:
+            return [e for e, _ in hits[:1]]
+        older: dict = {}
+        for e in self.memory.list(user=self.user):
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            if m.get("superseded_by") is not None and m.get("kind") != "message":
+                older.setdefault(m["superseded_by"], []).append(e)
+        chain, todo = [facts[0]], [facts[0]]
+        while todo:
+            for e in older.get(todo.pop().id, []):
+                if e not in chain:
+                    chain.append(e)
+                    todo.append(e)
+        return sorted(chain, key=lambda e: (said_on(e), e.id))
+
+    def linked(self, ids) -> List[Entry]:
+        """Entries ``ids`` with everything forgetting them must take along: the raw message a
+        fact came from, the facts of a raw message, and every fact of a supersession chain
+        (older and newer). Entries of ``ids`` first, in order."""
+        entries = {e.id: e for e in self.memory.list(user=self.user)}
+        meta = {i: (e.metadata if isinstance(e.metadata, dict) else {}) for i, e in entries.items()}
+        older: dict = {}
+        from_raw: dict = {}
+        for i, m in meta.items():
+            if m.get("superseded_by") is not None:
+                older.setdefault(m["superseded_by"], []).append(i)
+            if m.get("raw_id") is not None:
+                from_raw.setdefault(m["raw_id"], []).append(i)
+            for p in m.get("parts") or []:  # a list fact says what each of its parts says
+                from_raw.setdefault(p, []).append(i)
+        order, seen, todo = [], set(), [i for i in ids if i in entries]
+        while todo:
+            i = todo.pop(0)
+            if i in seen:
+                continue
+            seen.add(i)
+            order.append(i)
+            m = meta[i]
+            nxt = list(older.get(i, []))
+            if m.get("superseded_by") in entries:
+                nxt.append(m["superseded_by"])
+            if m.get("raw_id") in entries:
+                nxt.append(m["raw_id"])
+            nxt += [j for j in from_raw.get(i, []) if m.get("kind") == "message" or meta[j].get("parts")]
+            todo += [j for j in nxt if j not in seen]
+        return [entries[i] for i in order]
+
+    def learn(self, message: str, ts: Optional[float] = None) -> Optional[str]:
         """Store what ``message`` tells about the user; returns what was done (or None).
-        A message longer than ``chunk_chars`` is stored as chunks (:meth:`learn_long`)."""
+
+        The message is split into atomic facts (:func:`mlx_synapse.memory.extraction.extract`):
+        each is stored as its own entry (metadata ``kind="fact"``, ``slot``, ``valid_from`` =
+        ``ts`` or now, ``raw_id``) beside the message itself (``kind="message"``), and a fact
+        with the slot of an older one supersedes it (the old entry's ``superseded_by``; it
+        stays as history). "Actually, it's X" replaces the value of the fact said last in
+        this session (else of the memory the last reply used). A message with no facts
+        (chit-chat, another language) is stored verbatim, past the surprise gate unless it
+        speaks of the user. Questions are not stored. A message longer than ``chunk_chars``
+        is stored as chunks (:meth:`learn_long`)."""
         text = message.strip()
+        prev, self._session_facts = self._session_facts, []  # a correction fixes the message just before
         if len(text) > self.chunk_chars:
             return self.learn_long(text)
-        if not text or is_question(text):
+        if not text:
             return None
-        m = _CORRECTION.match(text)
-        if m and self.last is not None and self.last.memories:
-            rest = m.group(2).strip()
-            v = _VALUE.match(rest)
-            value = _strip_value(v.group(1)) if v else ""
-            if value and not set(_norm(w) for w in value.split()) <= _NOT_VALUES:
-                fixed = self._correct(value)
+        when = time.time() if ts is None else float(ts)
+        ex = extract(text, when)
+        if ex.question:
+            return None
+        if ex.correction is not None:
+            fixed = self._correct_last(prev, ex.correction, when)
+            if fixed:
+                return fixed
+            if self.last is not None and self.last.memories:
+                fixed = self._correct(ex.correction, when)
                 if fixed:
                     return fixed
-            elif rest and _FIRST_PERSON.search(rest):
-                text = rest  # "No, my sister lives in Lyon.": stored or replaced below like any statement
-        if not _FIRST_PERSON.search(text):
-            return self.memory.write(text, user=self.user, source="chat").action
-        old = self._same_fact(text)  # a known fact with a new value replaces the old one
-        if old is not None:
-            self.memory.update(old.id, user=self.user, text=text)
+        if not ex.facts:
+            meta = {"kind": "message", "valid_from": when}
+            if not _FIRST_PERSON.search(text) or not ex.english:
+                return self.memory.write(text, user=self.user, source="chat", metadata=meta,
+                                         force=bool(_FIRST_PERSON.search(text)) and ex.english).action
+            old = self._same_fact(text)  # a known fact with a new value replaces the old one
+            r = self.memory.write(text, user=self.user, source="chat", metadata=meta, force=True)
+            if old is not None and r.id is not None and r.id != old.id:
+                self._supersede(old, r.id)
+                return "corrected"
+            return r.action
+        return self._store_facts(text, ex.facts, when)
+
+    def _store_facts(self, text: str, facts: list, when: float) -> str:
+        """Store ``text`` (kind=message) and its ``facts`` (kind=fact), supersede what they replace."""
+        single = len(facts) == 1 and plain(facts[0].text) == plain(text)
+        facts = facts + self._resolved(facts)
+        m = _CORRECTION.match(text)
+        core = m.group(2).strip() if m and m.group(2).strip() else text  # "No, my sister is Anna." -> the statement
+        items = [dict(text=f.text, source="chat:fact", force=True,
+                      metadata={"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
+                                "raw_id": None, "subject": f.subject, "value": f.value,
+                                **({"topic": f.topic, "form": f.form} if f.topic and f.form else {})})
+                 for f in facts]
+        raw = [] if single else [dict(text=text, source="chat", force=True,
+                                      metadata={"kind": "message", "valid_from": when, "facts": len(facts)})]
+        written = self.memory.write_many(raw + items, user=self.user)  # one write: one search of the index
+        raw_id = written[0].id if raw else None
+        written = written[len(raw):]
+        if raw_id is not None:  # each new fact names its message
+            for it, r in zip(items, written):
+                if r.action == "added":
+                    self.memory.update(r.id, user=self.user, metadata=dict(it["metadata"], raw_id=raw_id))
+        self._cache_ids([r.id for r in written if r.action == "added"])
+        actions = [r.action for r in written]
+        action = "added" if "added" in actions else actions[0] if actions else "skipped"
+        self._session_facts = []
+        batch = {r.id for r in written if r.action == "added"}
+        before = [e for e in self._current_facts(any_kind=True) if e.id not in batch]
+        newest = {}  # slot -> the last fact of this message with it: said later, it wins
+        for f, r in zip(facts, written):
+            if r.action == "added" and f.slot:
+                newest[f.slot] = r.id
+        for f, r in zip(facts, written):
+            if r.id is None:
+                continue
+            self._session_facts.append((r.id, f))
+            if r.action == "refreshed":
+                continue
+            if f.slot and newest.get(f.slot) != r.id:  # "I was a nurse, now I'm a teacher": the later one
+                self._supersede(self.memory.get(r.id, user=self.user), newest[f.slot])
+                continue
+            olds = [e for e in before if e.id != r.id and (
+                (f.slot and (e.metadata or {}).get("slot") == f.slot)
+                or restates(e.text, f.text) or (len(facts) == 1 and restates(e.text, core)))]
+            for e in olds:
+                if not _superseded(e):
+                    self._supersede(e, r.id)
+                    action = "corrected"
+        if raw_id is not None:  # the message knows its facts: a search that finds it can show them instead
+            raw = self.memory.get(raw_id, user=self.user)
+            if raw is not None:
+                self.memory.update(raw_id, user=self.user, metadata=dict(
+                    raw.metadata or {}, fact_ids=[r.id for r in written if r.id is not None]))
+        for topic in dict.fromkeys(f.topic for f in facts if f.topic and f.form):
+            self._summarize(topic, when)
+        return action
+
+    def _summarize(self, topic: str, when: float) -> None:
+        """Facts that hold side by side ("I play the oboe." / "I play the harp.") also as one
+        list ("I play the oboe and harp."), a fact of slot ``<topic>.all`` that the next
+        list supersedes: "Which instruments do I play?" then needs one memory, not several."""
+        from .memory.extraction import join_values
+
+        parts = [e for e in self._current_facts() if (e.metadata or {}).get("topic") == topic
+                 and (e.metadata or {}).get("form")]
+        values = list(dict.fromkeys(str(e.metadata["value"]) for e in parts if e.metadata.get("value")))
+        if len(values) < 2:
+            return
+        text = parts[-1].metadata["form"].replace("{v}", join_values(values))
+        slot = topic + ".all"
+        r = self.memory.write(text, user=self.user, source="chat:fact", force=True, metadata={
+            "kind": "fact", "slot": slot, "valid_from": when, "superseded_by": None, "raw_id": None,
+            "subject": topic.split(".")[0], "value": values, "parts": [e.id for e in parts]})
+        if r.id is None or r.action != "added":
+            return
+        self._cache_ids([r.id])
+        for e in self._current_facts():
+            if e.id != r.id and (e.metadata or {}).get("slot") == slot:
+                self._supersede(e, r.id)
+
+    def _resolved(self, facts: list) -> list:
+        """Two-hop facts written once: "Ilse lives in Porto." with "My sister is called Ilse."
+        known gives "My sister Ilse lives in Porto." (and the other way round)."""
+        from .memory.extraction import Fact
+
+        out = []
+        known = self._current_facts()
+        names = {}  # lower-cased name -> (relation key, relation words)
+        for e in known:
+            m = e.metadata or {}
+            if (m.get("slot") or "").endswith(".name") and m.get("value") and m.get("subject") != "user":
+                names[str(m["value"]).lower()] = (m["subject"], e.text.split(" is called ")[0])
+        for f in facts:
+            if f.slot and f.slot.endswith(".name") and f.value and f.subject != "user":
+                names[f.value.lower()] = (f.subject, f.text.split(" is called ")[0])
+        for f in facts:  # a fact about a named person whose relation is known
+            if f.subject and f.subject in names and f.text.lower().startswith(f.subject.replace("_", " ")):
+                rel, words = names[f.subject]
+                name = f.text[:len(f.subject)]
+                attr = f.slot.split(".", 1)[1] if f.slot else None
+                out.append(Fact(f"{words} {name}{f.text[len(f.subject):]}", f"{rel}.{attr}" if attr else None,
+                                f.value, rel, f.change))
+        for f in facts:  # a relation's name given after facts about that name
+            if f.slot and f.slot.endswith(".name") and f.value and f.subject != "user":
+                key = f.value.lower().replace(" ", "_")
+                words = f.text.split(" is called ")[0]
+                for e in known:
+                    m = e.metadata or {}
+                    if m.get("subject") == key and e.text.lower().startswith(f.value.lower()):
+                        attr = m["slot"].split(".", 1)[1] if m.get("slot") else None
+                        out.append(Fact(f"{words} {e.text}", f"{f.subject}.{attr}" if attr else None, m.get("value"),
+                                        f.subject, False))
+        return out
+
+    def _current_facts(self, any_kind: bool = False) -> List[Entry]:
+        """The user's facts not superseded (kind=fact, superseded_by null); ``any_kind``: also
+        entries stored without extraction (``remember``), raw messages aside. Kept in a cache
+        that this assistant's own writes update and another process's writes invalidate."""
+        dv = self.memory.store.data_version()
+        if self._current is None or dv != self._current_dv:
+            self._current, self._current_dv = {}, dv
+            for e in self.memory.list(user=self.user):
+                self._cache(e)
+        return [e for e in self._current.values()
+                if any_kind or (isinstance(e.metadata, dict) and e.metadata.get("kind") == "fact")]
+
+    def _cache(self, e: Optional[Entry]) -> None:
+        if self._current is None or e is None:
+            return
+        m = e.metadata if isinstance(e.metadata, dict) else {}
+        if m.get("superseded_by") is None and m.get("kind") != "message":
+            self._current[e.id] = e
+        else:
+            self._current.pop(e.id, None)
+
+    def _cache_ids(self, ids) -> None:
+        if self._current is not None:
+            for i in ids:
+                if i is not None:
+                    self._cache(self.memory.get(i, user=self.user))
+
+    def _supersede(self, old: Entry, new_id: int) -> None:
+        """Mark ``old`` as superseded by entry ``new_id``, and the message it came from: that
+        message says the old value too."""
+        meta = dict(old.metadata) if isinstance(old.metadata, dict) else {}
+        meta["superseded_by"] = new_id
+        try:
+            self._cache(self.memory.update(old.id, user=self.user, metadata=meta))
+            raw = self.memory.get(meta["raw_id"], user=self.user) if meta.get("raw_id") is not None else None
+            if raw is not None and isinstance(raw.metadata, dict) and raw.metadata.get("superseded_by") is None:
+                self.memory.update(raw.id, user=self.user, metadata=dict(raw.metadata, superseded_by=new_id))
+        except KeyError:  # evicted or deleted meanwhile
+            self._current = None
+
+    def _correct_last(self, prev: list, value: str, when: float) -> Optional[str]:
+        """"Actually, it's X": the fact the previous message stated (``prev``), with X for its value."""
+        from .memory.extraction import Fact
+
+        # the message's own claim before the names it mentioned on the way ("my sister Ilse moved to Porto")
+        ordered = [p for p in reversed(prev) if not (p[1].slot or "").endswith(".name")]
+        ordered += [p for p in reversed(prev) if (p[1].slot or "").endswith(".name")]
+        for fid, f in ordered:
+            if not f.value or f.value not in f.text or plain(f.value) == plain(value):
+                continue
+            old = self.memory.get(fid, user=self.user)
+            if old is None:
+                continue
+            new = Fact(f.text.replace(f.value, value, 1), f.slot, value, f.subject, True)
+            meta = {"kind": "fact", "slot": f.slot, "valid_from": when, "superseded_by": None,
+                    "raw_id": (old.metadata or {}).get("raw_id"), "subject": f.subject, "value": value}
+            r = self.memory.write(new.text, user=self.user, source="chat:fact", metadata=meta, force=True)
+            self._cache_ids([r.id])
+            if r.id is not None and r.id != fid:
+                self._supersede(old, r.id)
+                self._session_facts = [(r.id, new)]
             return "corrected"
-        return self.memory.write(text, user=self.user, source="chat", force=True).action
+        return None
 
     def learn_long(self, text: str) -> Optional[str]:
         """Store a long message as chunks of at most ``chunk_chars`` (sentences packed
@@ -221,6 +542,7 @@ class Assistant:
         items = [dict(text=c, source=source, force=bool(_FIRST_PERSON.search(c)) if force is None else force)
                  for c in chunks]
         written = self.memory.write_many(items, user=self.user) if items else []
+        self._cache_ids([r.id for r in written if r.action == "added"])
         added = sum(r.action == "added" for r in written)
         self.notes.append(f"a {len(text):,}-character message was stored as {len(chunks)} memories of at most "
                           f"{self.chunk_chars} characters ({added} new)")
@@ -228,12 +550,13 @@ class Assistant:
 
     def _same_fact(self, text: str) -> Optional[Entry]:
         for e, _ in self.memory.search(text, 3, user=self.user, min_score=0.5, touch=False):
-            if restates(e.text, text):
+            if restates(e.text, text) and not _superseded(e):
                 return e
         return None
 
-    def _correct(self, value: str) -> Optional[str]:
-        """Put ``value`` in place of the old value in the memory the last reply used."""
+    def _correct(self, value: str, when: Optional[float] = None) -> Optional[str]:
+        """Put ``value`` in place of the old value in the memory the last reply used: a new
+        entry that supersedes the old one (kept as history)."""
         question = self.history[-1][0] if self.history else ""
         best = None
         for e, _ in self.last.memories:
@@ -244,7 +567,12 @@ class Assistant:
             return None
         _, e, new = best
         if new != e.text:
-            self.memory.update(e.id, user=self.user, text=new)
+            meta = dict(e.metadata) if isinstance(e.metadata, dict) else {"kind": "fact"}
+            meta.update(valid_from=time.time() if when is None else when, superseded_by=None, value=value)
+            r = self.memory.write(new, user=self.user, source="chat:fact", metadata=meta, force=True)
+            self._cache_ids([r.id])
+            if r.id is not None and r.id != e.id:
+                self._supersede(e, r.id)
         return "corrected"
 
     # ------------------------------------------------------------------ prompting
@@ -268,12 +596,13 @@ class Assistant:
             used += cost
         for u, a in reversed(kept):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        if memories:  # the worked examples go right before the question: the model copies the nearest form
-            for fact, q, a in self.examples_for(memories[0][0].text):
-                msgs += [{"role": "user", "content": f"Context: {fact}\n\nQuestion: {q}"},
-                         {"role": "assistant", "content": a}]
-            context = " ".join(e.text for e, _ in reversed(memories))  # the best one nearest the question
-            msgs.append({"role": "user", "content": f"Context: {context}\n\nQuestion: {message}"})
+        if memories:  # one per line, the best one nearest the question; dates only when it asks about time
+            dated = bool(_WHEN.match(message))
+            notes = "\n".join(e.text + (f" (said on {day(said_on(e))})" if dated else "") for e, _ in reversed(memories))
+            msgs.append({"role": "user", "content": f"Context:\n{notes}\n\nQuestion: {message}"})
+        elif self._abstain:  # asked about what was never said: nothing shown, and the way to say so
+            msgs.append({"role": "user", "content": f"Context:\n(nothing about this)\n\nQuestion: {message}\n"
+                                                    f"{READER_INSTRUCTION}"})
         else:
             msgs.append({"role": "user", "content": message})
         return msgs
@@ -371,9 +700,34 @@ class Assistant:
                              f"{self.max_message_chars:,}. Send it in parts.")
         self.notes = []
         memories = self.retrieve(message)
+        self._abstain = bool(memories) and self.not_told(message, memories)
+        if self._abstain:
+            memories = []
         learned = self.learn(message) if self.auto_learn and not self.read_only else None
-        ids, memories = self.build_prompt(message, memories)
+        try:
+            ids, memories = self.build_prompt(message, memories)
+        finally:
+            self._abstain = False
         return ids, memories, learned
+
+    def not_told(self, message: str, memories: List[Tuple[Entry, float]]) -> bool:
+        """True when ``message`` asks about a slot (:func:`question_slot`: "What is my niece's
+        job?" -> ``niece.job``) that no current fact has, and every memory found is a fact
+        about some other slot: the notes cannot answer it, and a small model shown them
+        answers with their value. Unsure (no slot, or an unstructured memory found): False."""
+        want = question_slot(message)
+        if want is None or not is_question(message):
+            return False
+        for e, _ in memories:
+            m = e.metadata if isinstance(e.metadata, dict) else {}
+            if m.get("kind") != "fact" or not (m.get("slot") or m.get("topic")):
+                return False
+        for e in self._current_facts():
+            m = e.metadata or {}
+            slot = m.get("slot") or ""
+            if slot == want or slot.startswith(want + ".") or m.get("topic") == want:
+                return False
+        return True
 
     def processors(self, ids: list, memories: List[Tuple[Entry, float]]) -> list:
         """Logits processors for the reply to prompt ``ids``: the copy bias toward the

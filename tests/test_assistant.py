@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mlx_synapse.assistant import EXAMPLES, N_EXAMPLES, Assistant, Reply, is_question
+from mlx_synapse.assistant import Assistant, Reply, is_question, visible
 from mlx_synapse.memory.bank import MemoryBank
 
 from .conftest import _or_skip
@@ -42,11 +42,18 @@ def test_learn_stores_statements_not_questions(assistant):
     assert [e.text for e in bank.list(user="me")] == ["My dog is called Pickle.", "The weather was nice today."]
 
 
-def test_new_value_replaces_the_old_fact(assistant):
+def current(bank, user="me"):
+    return [e.text for e, _ in visible([(e, 1.0) for e in bank.list(user=user)])]
+
+
+def test_new_value_supersedes_the_old_fact(assistant):
     bank = assistant.memory
     assistant.learn("My favorite color is blue.")
     assert assistant.learn("My favorite color is green.") == "corrected"
-    assert [e.text for e in bank.list(user="me")] == ["My favorite color is green."]
+    old, new = bank.list(user="me")
+    assert (old.text, new.text) == ("My favorite color is blue.", "My favorite color is green.")
+    assert old.metadata["superseded_by"] == new.id and new.metadata["superseded_by"] is None  # history kept
+    assert current(bank) == ["My favorite color is green."]
 
 
 def test_correction_rewrites_the_memory_just_used(assistant):
@@ -54,10 +61,12 @@ def test_correction_rewrites_the_memory_just_used(assistant):
     i = assistant.remember("My favorite color is blue.")
     assistant.last = Reply("Your favorite color is blue.", [(bank.get(i), 0.9)])
     assert assistant.learn("Actually, it's green.") == "corrected"
-    assert bank.get(i).text == "My favorite color is green."
+    assert current(bank) == ["My favorite color is green."]
+    assert bank.get(i).metadata["superseded_by"] is not None and bank.get(i).text == "My favorite color is blue."
     assert assistant.learn("No, my favorite color is teal.") == "corrected"
-    assert bank.get(i).text == "my favorite color is teal."
-    assert len(bank.list(user="me")) == 1
+    assert current(bank) == ["My favorite color is teal."]
+    assert len(bank.list(user="me")) == 4  # two older values kept as history, and the message said
+    assert bank.list(user="me")[2].metadata["kind"] == "message"
 
 
 def test_forget_by_query(assistant):
@@ -68,7 +77,7 @@ def test_forget_by_query(assistant):
     assert [e.text for e in assistant.memory.list(user="me")] == ["I work at the harbour office."]
 
 
-def test_prompt_has_examples_only_with_memories_and_the_best_last(assistant):
+def test_prompt_shows_dated_notes_only_with_memories_and_the_best_last(assistant):
     a = assistant
     i = a.remember("My dog is called Pickle.")
     j = a.remember("My cat is called Miso.")
@@ -76,9 +85,14 @@ def test_prompt_has_examples_only_with_memories_and_the_best_last(assistant):
     plain = a.build_messages("hello there", [])
     assert plain == [{"role": "user", "content": "hello there"}]
     msgs = a.build_messages("what is my dog called?", [(bank.get(i), 0.8), (bank.get(j), 0.5)])
-    assert len(msgs) == 2 * N_EXAMPLES + 1
-    assert msgs[-1]["content"] == ("Context: My cat is called Miso. My dog is called Pickle.\n\n"
-                                   "Question: what is my dog called?")
+    assert len(msgs) == 1  # no worked example: nothing for the model to copy but the notes
+    when = a.memory.get(i).created
+    import datetime as dt
+    d = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    date = f"{d.day} {d.strftime('%B %Y')}"
+    assert msgs[-1]["content"] == "Context:\nMy cat is called Miso.\nMy dog is called Pickle.\n\nQuestion: what is my dog called?"
+    msgs = a.build_messages("When did I get my dog?", [(bank.get(i), 0.8)])  # about time: each note dated
+    assert msgs[-1]["content"] == f"Context:\nMy dog is called Pickle. (said on {date})\n\nQuestion: When did I get my dog?"
     # history is kept newest first within the token budget
     a.history = [("one two three", "four five"), ("six", "seven eight nine ten")]
     a.history_tokens = 5
@@ -187,22 +201,6 @@ def test_interactive_chat_in_a_pseudo_terminal(tmp_path, smollm2_dir):
     assert "rowan" in answer.lower(), second
 
 
-def test_worked_examples_follow_the_memory_shape(assistant):
-    a = assistant
-    i = a.remember("I was born in Lyon.")
-    ex = a.examples_for("I was born in Lyon.")
-    assert len(ex) == N_EXAMPLES and ex[-1][0] == "I was born in Port Ellery."  # the closest goes last
-    msgs = a.build_messages("where was I born?", [(a.memory.get(i), 0.9)])
-    assert msgs[-3]["content"] == "Context: I was born in Port Ellery.\n\nQuestion: Where was I born?"
-    assert a.examples_for("My aunt's cat is named Tom.")[-1][0] == "My aunt's cat is named Biscuit."
-    a.memory, saved = object(), a.memory  # no encoder to compare with: the first examples
-    a._example_vecs = None
-    try:
-        assert a.examples_for("anything") == list(EXAMPLES[:N_EXAMPLES])[::-1]
-    finally:
-        a.memory = saved
-
-
 def test_correction_picks_the_memory_the_reply_repeated(assistant):
     bank = assistant.memory
     i = assistant.remember("My sister's name is Ana.")
@@ -210,8 +208,8 @@ def test_correction_picks_the_memory_the_reply_repeated(assistant):
     assistant.history = [("what is my sister's dog called?", "Your sister's dog is called Rex.")]
     assistant.last = Reply("Your sister's dog is called Rex.", [(bank.get(i), 0.8), (bank.get(j), 0.79)])
     assert assistant.learn("Actually, it's Fido, not Rex.") == "corrected"
-    assert bank.get(j).text == "My sister's dog is called Fido."
-    assert bank.get(i).text == "My sister's name is Ana."
+    assert current(bank) == ["My sister's name is Ana.", "My sister's dog is called Fido."]
+    assert bank.get(j).metadata["superseded_by"] is not None
 
 
 def test_not_every_no_is_a_correction(assistant):
@@ -219,8 +217,8 @@ def test_not_every_no_is_a_correction(assistant):
     i = assistant.remember("My sister's name is Ana.")
     assistant.last = Reply("Your sister's name is Ana.", [(bank.get(i), 0.9)])
     assistant.learn("No, it's fine.")
-    assert bank.get(i).text == "My sister's name is Ana."
+    assert current(bank)[0] == "My sister's name is Ana."
     assert assistant.learn("No, my brother's name is Tom.") == "added"  # another fact: kept apart
-    assert bank.get(i).text == "My sister's name is Ana."
+    assert "My sister's name is Ana." in current(bank)
     assert assistant.learn("No, my sister's name is Anna.") == "corrected"
-    assert bank.get(i).text == "my sister's name is Anna."
+    assert "My sister's name is Ana." not in current(bank) and "My sister is called Anna." in current(bank)

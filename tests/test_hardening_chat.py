@@ -247,7 +247,7 @@ def test_prompt_fits_the_context(bank):
     # A memory that leaves the turn under 16 tokens of room is dropped; the turn stays whole.
     b = Assistant(FakeModel(context), WordTokenizer(), bank, user="you", min_score=0.0, max_tokens=max_tokens,
                   memory_tokens=250, auto_learn=False)
-    bank.add("the ferry " + " ".join(["word"] * 215), user="you", force=True)
+    bank.add("the ferry " + " ".join(["word"] * 243), user="you", force=True)  # (the prompt has no worked examples)
     msg = "the ferry " + " ".join(["leaves"] * 230)
     assert len(b.retrieve(msg)) == 1
     ids, mems, _ = b.prepare(msg)

@@ -64,7 +64,7 @@ class AssistantSystem:
     def ingest(self, user: str, messages: Sequence[Message]) -> None:
         a = self._for(user)
         for m in messages:
-            a.learn(m.text)
+            a.learn(m.text, ts=m.ts)  # the message's time: facts are dated with it
 
     def answer(self, user: str, question: str) -> Answer:
         a = self._for(user)

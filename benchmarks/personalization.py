@@ -259,6 +259,19 @@ def accuracy_vs_scale(model, tok, bank, scales: Sequence[int], per_fact: int, n_
     return rows
 
 
+def _current(bank, entry_id: int, user: str):
+    """The memory that now stands for ``entry_id``: a correction supersedes a fact with a new
+    entry (metadata ``superseded_by``) and keeps the old one as history; follow the chain."""
+    e = bank.get(entry_id, user=user)
+    for _ in range(100):
+        nxt = e.metadata.get("superseded_by") if isinstance(e.metadata, dict) else None
+        n = bank.get(nxt, user=user) if nxt is not None else None
+        if n is None:
+            return e
+        e = n
+    return e
+
+
 def corrections(model, tok, bank, fs: FactSet, n: int, seed: int, max_tokens: int, gen=generate,
                 examples: int = 4, opts: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from mlx_synapse.assistant import Assistant
@@ -275,7 +288,7 @@ def corrections(model, tok, bank, fs: FactSet, n: int, seed: int, max_tokens: in
         shown = any(e.id == ids[f.text] for e, _ in r1.memories)
         said = f"Actually, it's {f.correction}."
         r2 = a.respond(said)
-        stored = bank.get(ids[f.text], user="c-user").text
+        stored = _current(bank, ids[f.text], "c-user").text
         after = ask(a, f.questions[1 % len(f.questions)], f.correction_accepted, f.corrected_text, gen)
         rows.append(dict(question=f.questions[0], old=f.answer, new=f.correction, said=said, learned=r2.learned,
                          right_memory_first=shown, stored_after=stored, reply_before=r1.text,

@@ -199,17 +199,18 @@ def test_fake_run_of_every_phase(fake, eval_dir):
     assert [r["n"] for r in b] == [6, 6] and b[0]["users"] == 3
     c = pz.corrections(fake.model, fake.tok, fake.bank(), fs, 4, 0, 8, gen=fake_gen)
     assert c["n"] == 4
-    # The fake repeats what it is shown: the memory is rewritten exactly when it was the one
-    # shown before the correction (3 of these 4; the fake encoder shows another fact for the
-    # first). The next question is answered with the new value exactly when retrieval shows the
-    # rewritten memory: in the fourth, the bag-of-words encoder ranks "My niece's name is ..."
-    # above "My niece's dog is called ..." for "What's the name of my niece's dog?".
+    # The fake repeats what it is shown: the memory is corrected (superseded by a new fact with
+    # the new value) exactly when it was the one shown before the correction (3 of these 4; the
+    # fake encoder shows another fact for the first). The next question is answered with the new
+    # value exactly when retrieval shows the corrected memory (all three: the full-text half of
+    # the hybrid search finds "My niece's dog is called ..." for "What's the name of my niece's
+    # dog?", which the bag-of-words encoder alone ranked below "My niece's name is ...").
     assert [r["right_memory_first"] for r in c["rows"]] == [False, True, True, True]
     assert [r["stored_has_new"] for r in c["rows"]] == [False, True, True, True]
     assert [r["right_after"] for r in c["rows"]] == [r["stored_has_new"] and r["shown_after"] for r in c["rows"]]
-    assert [r["right_after"] for r in c["rows"]] == [False, True, True, False]
+    assert [r["right_after"] for r in c["rows"]] == [False, True, True, True]
     assert not any(r["old_in_reply"] for r in c["rows"] if r["stored_has_new"])
-    assert c["learned_corrected"] == 1.0 and c["after"] == 0.5
+    assert c["learned_corrected"] == 1.0 and c["after"] == 0.75
     f = pz.sessions(fake.model, fake.tok, fake.bank(), fs, 10, 5, 0, 8, gen=fake_gen)
     assert f["n"] == 10 and set(f["by_position"]) == set(range(5))
     assert f["acc"] == pytest.approx(f["in_context"])

@@ -585,6 +585,11 @@ _ASKS = (
 )
 
 
+# Words that may follow "my" in a question about the user's own slots.
+_USER_NOUNS = {"favorite", "favourite", "fave", "job", "jobs", "work", "profession", "occupation", "career",
+               "name", "city", "town", "home", "hometown"}
+
+
 def question_slot(question: str) -> Optional[str]:
     """The slot a question asks about, when it is one the rules write ("What is my niece's
     job?" -> ``niece.job``, "Where do I live?" -> ``user.city``, "What's my favourite
@@ -594,6 +599,9 @@ def question_slot(question: str) -> Optional[str]:
     subj = _subject("my " + m.group(1))[0] if m else None
     rest = q[m.end():] if m else q
     if subj is None and re.search(r"\b(?:i|my|me)\b", q, re.I):
+        # "my sibling", "my boss": someone the rules do not know, not the user; unsure.
+        if any(w.lower() not in _USER_NOUNS for w in re.findall(r"\bmy\s+([a-z]+)", q, re.I)):
+            return None
         subj = "user"
     if subj is None:
         return None

@@ -83,13 +83,14 @@ def sleep_dir(db_path, user: str) -> Path:
 
 
 def general_text_path(path=None) -> Path:
-    """WikiText-2 raw test: ``path``, else ``$MLX_SYNAPSE_DATA/eval/``, else ``../shared/data/eval/`` of
-    the working directory or of the source tree."""
+    """WikiText-2 raw test: ``path``, else ``$MLX_SYNAPSE_DATA/eval/``, else ``shared/data/eval/`` beside
+    the working directory or the source tree, or up to a few folders above them."""
     if path is not None:
         cands = [Path(path)]
     else:
+        ups = list(Path.cwd().resolve().parents)[:4] + list(Path(__file__).resolve().parents)[2:6]
         roots = ([Path(os.environ[DATA_ENV])] if os.environ.get(DATA_ENV) else []) + [
-            Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+            u / "shared" / "data" for u in ups]
         cands = [r / "eval" / "wikitext2_raw_test.txt" for r in roots]
     for c in cands:
         if c.is_file():

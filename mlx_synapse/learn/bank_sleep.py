@@ -44,8 +44,8 @@ DATA_ENV = "MLX_SYNAPSE_DATA"
 class SleepConfig:
     """Training and gate settings of one sleep."""
 
-    iters: int = 300
-    learning_rate: float = 2e-4
+    iters: int = 800
+    learning_rate: float = 1e-4
     rank: int = 16
     num_layers: int = 16
     scale: float = 20.0

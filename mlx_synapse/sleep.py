@@ -8,6 +8,7 @@ rolled it back (the previous adapter is untouched), 2 bad input (one line on std
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def main(argv=None) -> int:
     def say(msg: str) -> None:
         nonlocal bar
         print(msg, flush=True)
+        m = re.search(r"estimated (\d+) s", msg)
+        if m and int(m.group(1)) > 600:
+            print(f"this backend is slow: the sleep will take about {int(m.group(1)) / 60:.0f} min "
+                  "(fewer --iters, --dequantize on MLX's CPU, or a GPU make it shorter)", flush=True)
         if "estimated" in msg and not args.dry_run:
             bar = tqdm(total=config.iters, desc="sleep", unit="step", file=sys.stderr)
 

@@ -242,7 +242,9 @@ def main(argv=None) -> int:
         forgot = {}
         if good.accepted:
             fid = good.facts[0].id
-            fidx = next(i for i, (say, _, _) in enumerate(facts) if say == good.facts[0].text)
+            f0 = good.facts[0]  # the statement said, else the first with its value (extraction may reword)
+            fidx = next((i for i, (say, _, _) in enumerate(facts) if say == f0.text),
+                        next((i for i, (_, _, v) in enumerate(facts) if v == f0.value), 0))
             t0 = time.perf_counter()
             fres = forget_from_adapter([fid], model, tok, adapter_dir=out, config=cfg)
             forgot = dict(fact=facts[fidx][0], accepted=fres.accepted, seconds=time.perf_counter() - t0,

@@ -12,6 +12,7 @@ COMMANDS = {
     "chat": "mlx_synapse.chat",
     "bench": "mlx_synapse.bench",
     "train": "mlx_synapse.learn.train",
+    "sleep": "mlx_synapse.sleep",
     "serve": "mlx_synapse.server.__main__",
     "server": "mlx_synapse.server.__main__",
 }

@@ -125,6 +125,20 @@ def visible(hits: List[Tuple[Entry, float]], bank: Optional[MemoryBank] = None,
     return out
 
 
+def slot_fits(e: Entry, want: str) -> bool:
+    """Whether fact ``e`` answers a question about slot ``want`` (:func:`question_slot`):
+    the same slot, a part of it (``user.favorite`` <- ``user.favorite.dish``), the list
+    it belongs to, or the slot of a named one of the asked-about people ("friend_ximena.job"
+    answers "my friend's job")."""
+    m = e.metadata if isinstance(e.metadata, dict) else {}
+    slot = m.get("slot") or ""
+    if slot == want or slot.startswith(want + ".") or m.get("topic") == want:
+        return True
+    subj, _, attr = slot.partition(".")
+    wsubj, _, wattr = want.partition(".")
+    return bool(wattr) and subj.startswith(wsubj + "_") and (attr == wattr or attr.startswith(wattr + "."))
+
+
 def said_on(e: Entry) -> float:
     """When ``e`` was said: its metadata's ``valid_from``, else when it was stored."""
     m = e.metadata if isinstance(e.metadata, dict) else {}
@@ -209,7 +223,28 @@ class Assistant:
         # The score given with each memory is its cosine.
         hits = self.memory.retrieve(query, 2 * self.k, user=self.user, min_score=self.min_score,
                                     touch=not self.read_only)
-        return visible([(h.entry, h.cosine) for h in hits], self.memory, self.user)[:self.k]
+        pairs = [(h.entry, h.cosine) for h in hits]
+        want = question_slot(message) if is_question(message) else None
+        if want is not None:
+            # A question about a known slot ("What is my friend Ximena's job?"): the candidates
+            # holding that slot go first, even where the fused ranking put a fact with more words
+            # in common ("My friend is called Ximena.") above them and cut the rest.
+            more = self.memory.retrieve(query, 2 * self.k, user=self.user, min_score=self.min_score,
+                                        adaptive=False, touch=False)
+            fit = [(e, c) for e, c in visible([(h.entry, h.cosine) for h in more], self.memory, self.user)
+                   if slot_fits(e, want)]  # (a raw message found stands for its facts)
+            ids = {e.id for e, _ in fit}
+            pairs = fit + [p for p in pairs if p[0].id not in ids]
+        shown = visible(pairs, self.memory, self.user)
+        # A question that names someone ("Which instrument does my colleague Eloise play?") is
+        # shown only the memories that name them, when any does: facts about other people
+        # beside it are what a small model answers from by mistake.
+        names = {w.lower() for w in re.findall(r"(?<![.?!]\s)(?<!^)\b([A-Z][a-zà-ÿ]+)(?:'s)?\b", message.strip())}
+        if names:
+            named = [(e, c) for e, c in shown if names & {w.lower() for w in re.findall(r"[A-Za-zÀ-ÿ]+", e.text)}]
+            if named:
+                shown = named
+        return shown[:self.k]
 
     def remember(self, text: str) -> Optional[int]:
         """Store ``text`` as a memory, past the surprise gate; a text longer than
@@ -280,7 +315,7 @@ class Assistant:
 
     def linked(self, ids) -> List[Entry]:
         """Entries ``ids`` with everything forgetting them must take along: the raw message a
-        fact came from, the facts of a raw message, and every fact of a supersession chain
+        fact came from, the facts of a raw message (or of a fact worded as its message), and every fact of a supersession chain
         (older and newer). Entries of ``ids`` first, in order."""
         entries = {e.id: e for e in self.memory.list(user=self.user)}
         meta = {i: (e.metadata if isinstance(e.metadata, dict) else {}) for i, e in entries.items()}
@@ -306,7 +341,7 @@ class Assistant:
                 nxt.append(m["superseded_by"])
             if m.get("raw_id") in entries:
                 nxt.append(m["raw_id"])
-            nxt += [j for j in from_raw.get(i, []) if m.get("kind") == "message" or meta[j].get("parts")]
+            nxt += from_raw.get(i, [])  # a message's facts (also of a message stored as its fact), lists
             todo += [j for j in nxt if j not in seen]
         return [entries[i] for i in order]
 
@@ -355,7 +390,9 @@ class Assistant:
 
     def _store_facts(self, text: str, facts: list, when: float) -> str:
         """Store ``text`` (kind=message) and its ``facts`` (kind=fact), supersede what they replace."""
-        single = len(facts) == 1 and plain(facts[0].text) == plain(text)
+        # A fact worded as the message itself ("My friend Ximena works as a beekeeper.") is the
+        # message: stored once, as the fact (with its slot), and the other facts name it.
+        same = next((i for i, f in enumerate(facts) if plain(f.text) == plain(text)), None)
         facts = facts + self._resolved(facts)
         m = _CORRECTION.match(text)
         core = m.group(2).strip() if m and m.group(2).strip() else text  # "No, my sister is Anna." -> the statement
@@ -364,15 +401,16 @@ class Assistant:
                                 "raw_id": None, "subject": f.subject, "value": f.value,
                                 **({"topic": f.topic, "form": f.form} if f.topic and f.form else {})})
                  for f in facts]
-        raw = [] if single else [dict(text=text, source="chat", force=True,
+        raw = [] if same is not None else [dict(text=text, source="chat", force=True,
                                       metadata={"kind": "message", "valid_from": when, "facts": len(facts)})]
         written = self.memory.write_many(raw + items, user=self.user)  # one write: one search of the index
         raw_id = written[0].id if raw else None
         written = written[len(raw):]
-        if raw_id is not None:  # each new fact names its message
+        link = raw_id if raw_id is not None else written[same].id if same is not None and len(written) > 1 else None
+        if link is not None:  # each new fact names its message
             for it, r in zip(items, written):
-                if r.action == "added":
-                    self.memory.update(r.id, user=self.user, metadata=dict(it["metadata"], raw_id=raw_id))
+                if r.action == "added" and r.id != link:
+                    self.memory.update(r.id, user=self.user, metadata=dict(it["metadata"], raw_id=link))
         self._cache_ids([r.id for r in written if r.action == "added"])
         actions = [r.action for r in written]
         action = "added" if "added" in actions else actions[0] if actions else "skipped"
@@ -722,12 +760,7 @@ class Assistant:
             m = e.metadata if isinstance(e.metadata, dict) else {}
             if m.get("kind") != "fact" or not (m.get("slot") or m.get("topic")):
                 return False
-        for e in self._current_facts():
-            m = e.metadata or {}
-            slot = m.get("slot") or ""
-            if slot == want or slot.startswith(want + ".") or m.get("topic") == want:
-                return False
-        return True
+        return not any(slot_fits(e, want) for e in self._current_facts())
 
     def processors(self, ids: list, memories: List[Tuple[Entry, float]]) -> list:
         """Logits processors for the reply to prompt ``ids``: the copy bias toward the

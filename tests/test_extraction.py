@@ -50,8 +50,8 @@ def test_a_fact_said_in_passing_becomes_a_self_contained_fact():
     assert ("I work as a nurse.", "user.job") in facts("These days I work as a nurse, night shifts mostly.")
     assert ("My favorite food is sushi.", "user.favorite.food") in facts("Lately my favourite food is sushi.")
     assert ("I live in Lyon.", "user.city") in facts("We finally moved to Lyon last month!")
-    assert ("My brother is called Tom.", "brother.name") in facts("My brother Tom is a pilot, believe it or not.")
-    assert ("My brother Tom works as a pilot.", "brother.job") in facts("My brother Tom is a pilot, believe it or not.")
+    assert ("My brother is called Tom.", "brother_tom.name") in facts("My brother Tom is a pilot, believe it or not.")
+    assert ("My brother Tom works as a pilot.", "brother_tom.job") in facts("My brother Tom is a pilot, believe it or not.")
 
 
 def test_values_stop_where_the_value_ends():
@@ -238,3 +238,34 @@ def test_a_question_about_what_was_never_said_shows_no_other_fact(assistant):
         {"role": "user", "content": "What is my niece's job?"}]  # no memory found: the bare question, as before
     assistant.remember("My niece repairs watches.")  # said in a form no rule reads: not sure, so no abstaining
     assert not assistant.not_told("What is my niece's job?", assistant.retrieve("What is my niece's job?"))
+
+
+def test_people_introduced_by_name_keep_their_own_slots():
+    """"My friend Ximena ..." and "My friend Silas ..." are two friends: neither fact replaces the
+    other's job or name; "My sister is called Ilse." names the one sister."""
+    assert facts("My friend Ximena works as a beekeeper.") == [
+        ("My friend Ximena works as a beekeeper.", "friend_ximena.job"), ("My friend is called Ximena.", "friend_ximena.name")]
+    assert facts("My friend Silas works as a baker.")[0] == ("My friend Silas works as a baker.", "friend_silas.job")
+    assert facts("My sister is called Ilse.") == [("My sister is called Ilse.", "sister.name")]
+
+
+def test_a_fact_worded_as_its_message_keeps_its_slot_and_its_links(tmp_path):
+    """"My friend Ximena works as a beekeeper." is stored once, as the fact with its slot (not as
+    a slot-less message), so "What is my friend Ximena's job?" shows it first; forgetting it takes
+    the name fact taken from it along."""
+    bank = MemoryBank(tmp_path / "m.db", BagOfWords(), backend="numpy")
+    a = Assistant(None, None, bank, user="me", min_score=0.0)  # (the bag-of-words encoder's cosines are low)
+    a.learn("My friend Ximena works as a beekeeper.", ts=1.7e9)
+    a.learn("My colleague Silas works as a baker.", ts=1.7e9 + 1)
+    by_text = {e.text: e for e in bank.list(user="me")}
+    assert set(by_text) == {"My friend Ximena works as a beekeeper.", "My friend is called Ximena.",
+                            "My colleague Silas works as a baker.", "My colleague is called Silas."}
+    job = by_text["My friend Ximena works as a beekeeper."]
+    assert job.metadata["kind"] == "fact" and job.metadata["slot"] == "friend_ximena.job"
+    assert by_text["My friend is called Ximena."].metadata["raw_id"] == job.id
+    assert a.retrieve("What is my friend Ximena's job?")[0][0].id == job.id
+    assert not a.not_told("What is my friend's job?", [(job, 1.0)])
+    gone = a.forget("My friend Ximena works as a beekeeper.")
+    assert {e.text for e in gone} == {"My friend Ximena works as a beekeeper.", "My friend is called Ximena."}
+    assert {e.text for e in bank.list(user="me")} == {"My colleague Silas works as a baker.",
+                                                      "My colleague is called Silas."}

@@ -237,6 +237,10 @@ august september october november december lately recently actually honestly any
 sadly luckily finally hopefully thankfully being as when after before since now these long just got""".split())
 
 
+def _name_key(name: str) -> str:
+    return re.sub(r"'s?$", "", name.strip()).lower().replace(" ", "_")
+
+
 def _subject(raw: str) -> Tuple[str, str, bool]:
     """(slot prefix, how to write the subject, first person?) for a matched subject."""
     s = " ".join(raw.split())
@@ -247,6 +251,8 @@ def _subject(raw: str) -> Tuple[str, str, bool]:
     if m:
         mod, rel, name = (m.group(1) or "").lower(), m.group(2).lower(), m.group(3)
         key = _norm_rel(rel) if not mod else f"{mod}_{_norm_rel(rel)}"
+        if name:  # "my friend Ximena": one of possibly several friends, her own slots
+            key = f"{key}_{_name_key(name)}"
         return key, "My " + (f"{mod} " if mod else "") + rel + (f" {name}" if name else ""), False
     return low.replace(" ", "_"), s, False
 
@@ -368,13 +374,15 @@ def _rules(clause: str) -> List[Fact]:
             fact(m.group("subj"), "hometown", "I grew up in {v}.", "{S} grew up in {v}.", v)
 
     # names: "my sister is called Ilse", "my dog's name is Rex", "my sister Ilse", "I have a cat named Miso"
-    for m in re.finditer(rf"\bmy\s+(?P<rel>(?:(?:{_MOD})\s+)?(?:{_REL}))(?:'s\s+name\s+is|\s+is\s+(?:called|named)|"
+    for m in re.finditer(rf"\bmy\s+(?P<rel>(?:(?:{_MOD})\s+)?(?:{_REL}))(?P<verb>'s\s+name\s+is|\s+is\s+(?:called|named)|"
                          rf"\s+goes\s+by|\s+is|,)?\s+(?P<v>{_CNAME})", c, re.I):
-        name = m.group("v")
+        name = re.sub(r"'s?$", "", m.group("v"))  # "my roommate Griselda's dish": the name is Griselda
         if name.split()[0].lower() in _NOT_NAMES or name.split()[0] in _REL_WORDS:
             continue
         name = " ".join(w for w in name.split() if w.lower() not in _NOT_NAMES) or name
         key, who, _ = _subject("my " + m.group("rel").lower())
+        if m.group("verb") is None:  # "my friend Ximena works as ...": a person introduced, not renamed
+            key = f"{key}_{_name_key(name)}"
         out.append(Fact(f"{who} is called {name}.", f"{key}.name", name, key, change))
     for m in re.finditer(rf"\b(?:I|we)(?:\s+(?:have|had|got|adopted|bought|rescued|own|found|just got|now have|"
                          rf"also have)|'ve\s+got|'ve|\s+have\s+got)\s+(?:an?|two|three|one|another)\s+(?:new\s+)?"
@@ -595,8 +603,8 @@ def question_slot(question: str) -> Optional[str]:
     job?" -> ``niece.job``, "Where do I live?" -> ``user.city``, "What's my favourite
     dish?" -> ``user.favorite.dish``); None when unsure."""
     q = " ".join(question.split())
-    m = re.search(rf"\bmy\s+((?:(?:{_MOD})\s+)?(?:{_REL}))(?:'s)?\b", q, re.I)
-    subj = _subject("my " + m.group(1))[0] if m else None
+    m = re.search(rf"\bmy\s+((?:(?:{_MOD})\s+)?(?:{_REL})(?:\s+(?-i:{_NAME}))?)(?:'s)?\b", q, re.I)
+    subj = _subject("my " + re.sub(r"'s$", "", m.group(1)))[0] if m else None
     rest = q[m.end():] if m else q
     if subj is None and re.search(r"\b(?:i|my|me)\b", q, re.I):
         # "my sibling", "my boss": someone the rules do not know, not the user; unsure.

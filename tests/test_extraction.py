@@ -14,15 +14,11 @@ from mlx_synapse.memory.bank import MemoryBank
 from mlx_synapse.memory.extraction import extract, looks_english
 
 from .conftest import _or_skip
+from .test_assistant import WordTokenizer
 from .test_memory_bank import BagOfWords
 
 T0 = dt.datetime(2024, 3, 4, 12, tzinfo=dt.timezone.utc).timestamp()
 DAY = 86400.0
-
-
-class WordTokenizer:
-    def encode(self, text, **kw):
-        return list(range(len(text.split())))
 
 
 @pytest.fixture

@@ -206,9 +206,9 @@ def run(args, stdin=None, out=None, err=None) -> int:
         if interactive:
             print(f"Chatting as {a.user!r} (memory: {bank.path}). {HELP}", file=out)
         while True:
-            if interactive:
-                print("> ", end="", file=out, flush=True)
-            try:
+            try:  # (the prompt too: a Ctrl-C right after it is shown is one at the prompt)
+                if interactive:
+                    print("> ", end="", file=out, flush=True)
                 line = lines.readline()
             except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
                 print(file=out, flush=True)

@@ -58,6 +58,7 @@ from .copy_bias import make_copy_bias
 from .generate import stream_generate
 from .memory.bank import Entry, MemoryBank
 from .memory.extraction import day, extract, question_slot
+from .memory.retrieval import adaptive_prefix
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
@@ -221,16 +222,19 @@ class Assistant:
         # cosine reaches min_score, or when a shown one named it (the two-hop bridge). Superseded
         # facts stay out; a raw message found is shown as the facts taken from it (``visible``).
         # The score given with each memory is its cosine.
-        hits = self.memory.retrieve(query, 2 * self.k, user=self.user, min_score=self.min_score,
-                                    touch=not self.read_only)
-        pairs = [(h.entry, h.cosine) for h in hits]
         want = question_slot(message) if is_question(message) else None
+        # One search without the adaptive cut; the cut (what retrieve(adaptive=True) returns)
+        # is taken from it, and only those hits count as used.
+        more = self.memory.retrieve(query, 2 * self.k, user=self.user, min_score=self.min_score,
+                                    adaptive=False, touch=False)
+        hits = adaptive_prefix(more)
+        if not self.read_only:
+            self.memory._note_uses([h.entry.id for h in hits], time.time())
+        pairs = [(h.entry, h.cosine) for h in hits]
         if want is not None:
             # A question about a known slot ("What is my friend Ximena's job?"): the candidates
             # holding that slot go first, even where the fused ranking put a fact with more words
             # in common ("My friend is called Ximena.") above them and cut the rest.
-            more = self.memory.retrieve(query, 2 * self.k, user=self.user, min_score=self.min_score,
-                                        adaptive=False, touch=False)
             fit = [(e, c) for e, c in visible([(h.entry, h.cosine) for h in more], self.memory, self.user)
                    if slot_fits(e, want)]  # (a raw message found stands for its facts)
             ids = {e.id for e, _ in fit}

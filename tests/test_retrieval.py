@@ -105,6 +105,9 @@ def test_adaptive_count_stops_at_a_sharp_drop(bank):
     assert scores == sorted(scores, reverse=True)
     cut = len(adaptive)
     assert scores[cut] < 0.6 * scores[cut - 1]  # it stopped where the score fell below drop x the previous
+    from mlx_synapse.memory.retrieval import adaptive_prefix
+
+    assert _texts(adaptive_prefix(fixed)) == _texts(adaptive)  # the cut, taken from the uncut hits
 
 
 def test_min_score_gates_on_the_cosine(bank):

@@ -124,6 +124,22 @@ def _cosines(idx, ids: List[int], q: np.ndarray) -> Dict[int, float]:
     return dict(zip(have, cos.astype(np.float32).tolist()))
 
 
+def _drops(score: float, previous: float, drop: float) -> bool:
+    return score < drop * previous
+
+
+def adaptive_prefix(hits: Sequence["Hit"], drop: float = RetrievalParams.drop) -> List["Hit"]:
+    """The hits ``hybrid_search(..., adaptive=True)`` returns, from the ones it returns with
+    ``adaptive=False`` (same query and ``k``): up to where a fused score falls below ``drop``
+    times the one before it."""
+    out: List[Hit] = []
+    for h in hits:
+        if out and _drops(h.score, out[-1].score, drop):
+            break
+        out.append(h)
+    return out
+
+
 def hybrid_search(bank: "MemoryBank", query: str, k: int = 10, *, user: str, include_history: bool = False,
                   adaptive: bool = True, hops: int = 1, min_score: Optional[float] = None, touch: bool = True,
                   params: RetrievalParams = RetrievalParams()) -> List[Hit]:
@@ -181,7 +197,7 @@ def hybrid_search(bank: "MemoryBank", query: str, k: int = 10, *, user: str, inc
     for i in order:
         if len(picked) >= k:
             break
-        if adaptive and picked and fused[i] < p.drop * fused[picked[-1]]:
+        if adaptive and picked and _drops(fused[i], fused[picked[-1]], p.drop):
             break
         picked.append(i)
     rows = {r["id"]: r for r in store.get_many(picked)}

@@ -50,7 +50,9 @@ class SleepConfig:
     num_layers: int = 16
     scale: float = 20.0
     batch_size: int = 8
-    replay_share: float = 0.25  # share of the training examples that are general text
+    replay_share: float = 0.25  # share of every batch that is general text
+    distill: float = 1.0  # > 0: general text is held to the base model's distribution (KL), not fitted
+    check_every: int = 100  # measure the gate every that many steps, stop at the first pass (0: only at the end)
     min_recall: float = 0.9
     max_ppl_drift: float = 0.01
     general_chunks: int = 16  # chunks of general text the gate's perplexity reads
@@ -60,6 +62,8 @@ class SleepConfig:
     def __post_init__(self):
         if not 0 <= self.replay_share < 1:
             raise ValueError(f"[sleep] replay share must be in [0, 1) but got {self.replay_share}.")
+        if self.distill < 0 or self.check_every < 0:
+            raise ValueError(f"[sleep] distill and check-every must be >= 0 but got {self.distill}, {self.check_every}.")
         for k in ("iters", "rank", "batch_size", "general_chunks", "chunk_tokens"):
             if getattr(self, k) < 1:
                 raise ValueError(f"[sleep] {k.replace('_', '-')} must be at least 1 but got {getattr(self, k)}.")
@@ -205,9 +209,11 @@ def sleep_facts(facts: Sequence[FactItem], model: nn.Module, tokenizer, *, adapt
                          "that are not superseded are; say some facts first).")
     _check_writable(adapter_dir)
     examples = training_examples(facts)
-    n_replay = int(round(len(examples) * config.replay_share / (1 - config.replay_share)))
-    gate_set, replay = general_sets(tokenizer, config, n_replay, general_text)
-    data = _tok(examples + replay, tokenizer)
+    n_rep = min(int(round(config.batch_size * config.replay_share)), config.batch_size - 1)
+    gate_set, replay = general_sets(tokenizer, config, max(4 * n_rep, 256) if n_rep else 0, general_text)
+    data = _tok(examples, tokenizer)
+    rep_data = _tok(replay, tokenizer)
+    n_rep = min(n_rep, len(rep_data))
     pairs = recall_pairs(facts, tokenizer)
     if lora_layers(model):
         remove_lora(model)
@@ -218,11 +224,12 @@ def sleep_facts(facts: Sequence[FactItem], model: nn.Module, tokenizer, *, adapt
         raise ValueError(f"[sleep] this model cannot take a LoRA adapter ({e}).") from None
     est = estimate_seconds(model, data, config, len(pairs), len(gate_set))
     res = SleepResult(False, None, facts, adapter_dir, estimate_s=est)
-    report(f"{len(facts)} facts -> {len(examples)} training examples + {len(replay)} replayed general texts; "
+    report(f"{len(facts)} facts -> {len(examples)} training examples, {n_rep} of every {config.batch_size} "
+           f"in a batch general text ({'held to the base model' if config.distill > 0 else 'fitted'}); "
            f"{len(pairs)} gate questions; estimated {est:.0f} s on {mx.default_device()}")
     if dry_run:
         return res
-    bs = min(config.batch_size, len(data))
+    bs = min(config.batch_size - n_rep, len(data)) + n_rep
     args = TrainingArgs(iters=config.iters, batch_size=bs, learning_rate=config.learning_rate,
                         steps_per_report=1, steps_per_eval=10**9, seed=config.seed)
 
@@ -230,9 +237,12 @@ def sleep_facts(facts: Sequence[FactItem], model: nn.Module, tokenizer, *, adapt
         m = re.match(r"step (\d+): train loss", msg)
         if m and progress is not None:
             progress(int(m.group(1)))
+        elif "gate recall" in msg:
+            report(msg)
 
     rep = consolidate(model, data, args, lambda m: answer_recall(m, pairs), gate_set,
-                      Gate(config.min_recall, config.max_ppl_drift), report=on_report)
+                      Gate(config.min_recall, config.max_ppl_drift), report=on_report, replay_set=rep_data,
+                      replay_per_batch=n_rep, distill=config.distill, check_every=config.check_every)
     res.report, res.accepted = rep, rep.accepted
     if not rep.accepted:
         return res

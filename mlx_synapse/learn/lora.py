@@ -14,6 +14,7 @@ so no dequantized weight is kept there either.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -90,6 +91,8 @@ class LoRALinear(nn.Module):
         return self.scale * (self.lora_b.T @ self.lora_a.T)
 
     def __call__(self, x: mx.array) -> mx.array:
+        if getattr(self, "_off", False):
+            return self.linear(x)
         y = self.linear(x)
         z = (self.dropout(x) @ self.lora_a) @ self.lora_b
         return y + (self.scale * z).astype(y.dtype)
@@ -123,6 +126,8 @@ class DoRALinear(LoRALinear):
         return mx.sqrt(mx.maximum(sq, 0.0))
 
     def __call__(self, x: mx.array) -> mx.array:
+        if getattr(self, "_off", False):
+            return self.linear(x)
         base = self.linear
         bias = base["bias"] if "bias" in base else None
         y = base(x) if bias is None else base(x) - bias
@@ -259,6 +264,20 @@ def remove_lora(model: nn.Module) -> int:
 def fuse_lora(model: nn.Module, dequantize: bool = False) -> int:
     """Fold every adapter into its base weight (re-quantized unless ``dequantize``). Returns how many."""
     return _replace(model, lambda m: m.fuse(dequantize=dequantize))
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module):
+    """Inside the block every LoRA/DoRA layer computes its base layer alone (the base model's
+    logits exactly, DoRA included); the adapters stay in place and trainable."""
+    layers = list(lora_layers(model).values())
+    for m in layers:
+        m._off = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m._off = False
 
 
 def set_scale(model: nn.Module, scale: float) -> None:

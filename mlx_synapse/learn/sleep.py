@@ -90,6 +90,10 @@ def consolidate(
     gate: Gate = Gate(),
     penalty: Optional[Callable[[nn.Module], mx.array]] = None,
     report: Callable[[str], None] = lambda m: None,
+    replay_set: Optional[list] = None,
+    replay_per_batch: int = 0,
+    distill: float = 0.0,
+    check_every: int = 0,
 ) -> SleepReport:
     """Train the model's adapters on ``train_set`` and keep the result only if ``gate`` passes.
 
@@ -98,6 +102,10 @@ def consolidate(
         recall: ``model -> share of held-out questions answered`` (e.g. :func:`answer_recall`).
         general_set: tokenized general text; its perplexity must not drift past the gate.
         penalty: EWC's ``penalty`` (or None).
+        replay_set, replay_per_batch, distill: general text in every batch, fitted or (``distill``
+            > 0) held to the base model's distribution (:func:`.trainer.train`).
+        check_every: > 0: the gate is measured every that many steps and training stops at the
+            first pass (the fewest steps that reach the recall, the least drift).
 
     Returns:
         The report; on rejection the adapter holds exactly its weights from before.
@@ -109,10 +117,27 @@ def consolidate(
     model.eval()
     ppl_before = math.exp(evaluate(model, general_set, args.batch_size))
     recall_before = recall(model)
-    history = train(model, train_set, args, penalty=penalty, report=report)
+    checks = []
+
+    def passes(step: int) -> bool:
+        ppl = math.exp(min(evaluate(model, general_set, args.batch_size), 700.0))
+        rec = recall(model)
+        checks.append((step, rec, ppl))
+        report(f"step {step}: gate recall {rec:.2f}, perplexity {ppl:.3f} ({100 * (ppl / ppl_before - 1):+.2f}%)")
+        return rec >= gate.min_recall and ppl / ppl_before - 1 <= gate.max_ppl_drift
+
+    if check_every > 0:
+        args = TrainingArgs(**dict(vars(args), steps_per_eval=check_every))
+    history = train(model, train_set, args, penalty=penalty, report=report, replay_set=replay_set,
+                    replay_per_batch=replay_per_batch, distill=distill,
+                    should_stop=passes if check_every > 0 else None)
     model.eval()
-    ppl_after = math.exp(min(evaluate(model, general_set, args.batch_size), 700.0))
-    recall_after = recall(model)
+    steps = history.get("stopped_at", args.iters)
+    if checks and checks[-1][0] == steps:
+        recall_after, ppl_after = checks[-1][1], checks[-1][2]
+    else:
+        ppl_after = math.exp(min(evaluate(model, general_set, args.batch_size), 700.0))
+        recall_after = recall(model)
     drift = ppl_after / ppl_before - 1
     reasons = []
     if not all(math.isfinite(v) for _, v in history["train_loss"]) or not math.isfinite(ppl_after):
@@ -125,7 +150,7 @@ def consolidate(
         restore(model, snap)
     out = SleepReport(
         accepted=not reasons, reason="; ".join(reasons) or "gate passed", recall_before=recall_before,
-        recall_after=recall_after, ppl_before=ppl_before, ppl_after=ppl_after, steps=args.iters,
+        recall_after=recall_after, ppl_before=ppl_before, ppl_after=ppl_after, steps=steps,
         seconds=time.perf_counter() - t0, train_loss=history["train_loss"],
     )
     report(out.summary())

@@ -21,6 +21,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from .adapters import save_adapter
+from .lora import adapters_off
 
 
 @dataclass
@@ -73,6 +74,29 @@ def loss_fn(model: nn.Module, tokens: mx.array, offsets: mx.array, lengths: mx.a
     return ce.sum() / mx.maximum(ntoks, 1), ntoks
 
 
+def distill_loss(model: nn.Module, tokens: mx.array, lengths: mx.array, base_logp: mx.array) -> Tuple[mx.array, mx.array]:
+    """Mean KL(base || adapted) per predicted token of general text, and the token count.
+
+    ``base_logp``: the base model's log-probabilities on ``tokens[:, :-1]`` (:func:`base_log_probs`).
+    Pulling the adapted model's distribution back to the base one on text unrelated to what is
+    being learned is what keeps general ability: plain cross-entropy on that text would instead
+    fit the text itself.
+    """
+    logits = model(tokens[:, :-1]).astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    mask = mx.arange(1, tokens.shape[1])[None] < lengths[:, None]
+    kl = (mx.exp(base_logp) * (base_logp - logp)).sum(-1) * mask
+    n = mask.sum()
+    return kl.sum() / mx.maximum(n, 1), n
+
+
+def base_log_probs(model: nn.Module, tokens: mx.array) -> mx.array:
+    """Log-probabilities of the model with its adapters switched off, outside any gradient."""
+    with adapters_off(model):
+        logits = model(tokens[:, :-1]).astype(mx.float32)
+    return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+
 def iterate_batches(dataset: list, batch_size: int, seed: int, loop: bool = True) -> Iterator[list]:
     """Batches of examples in an order fixed by ``seed``: a new permutation each pass."""
     if len(dataset) < batch_size:
@@ -110,11 +134,20 @@ def train(
     report: Callable[[str], None] = print,
     adapter_extra: Optional[dict] = None,
     penalty: Optional[Callable[[nn.Module], mx.array]] = None,
+    replay_set: Optional[list] = None,
+    replay_per_batch: int = 0,
+    distill: float = 0.0,
+    should_stop: Optional[Callable[[int], bool]] = None,
 ) -> dict:
     """Train the adapters on ``model`` for ``args.iters`` optimizer steps.
 
     ``penalty(model)``: a scalar added to every micro-batch's loss (EWC's
     ``EWC.penalty``); the reported train loss includes it.
+    ``replay_set``: general examples, ``replay_per_batch`` of them in every micro-batch beside
+    ``batch_size - replay_per_batch`` of ``train_set``. With ``distill > 0`` they are not fitted:
+    their loss is ``distill`` x KL(base || adapted) (:func:`distill_loss`); else plain
+    cross-entropy, pooled with the rest.
+    ``should_stop(step)``: asked every ``steps_per_eval`` steps; True ends training there.
 
     Returns:
         ``{"train_loss": [(step, loss)], "val_loss": [(step, loss)], "step_seconds": [...], "tokens": n}``.
@@ -122,12 +155,25 @@ def train(
     if optimizer is None:
         optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=args.weight_decay)
     model.train()
-    def total_loss(m, *batch):
+    n_rep = replay_per_batch if replay_set else 0
+    if not 0 <= n_rep < args.batch_size:
+        raise ValueError(f"[train] replay-per-batch must be in [0, batch-size) but got {replay_per_batch}.")
+    if distill < 0:
+        raise ValueError(f"[train] distill must be >= 0 but got {distill}.")
+
+    def total_loss(m, batch, rep, base_logp):
         loss, ntoks = loss_fn(m, *batch)
+        if rep is not None and distill > 0:
+            kl, _ = distill_loss(m, rep[0], rep[2], base_logp)
+            loss = loss + distill * kl
+        elif rep is not None:
+            l2, n2 = loss_fn(m, *rep)
+            loss, ntoks = (loss * ntoks + l2 * n2) / mx.maximum(ntoks + n2, 1), ntoks + n2
         return (loss + penalty(m) if penalty is not None else loss), ntoks
 
     grad_fn = nn.value_and_grad(model, total_loss)
-    batches = iterate_batches(train_set, args.batch_size, args.seed)
+    batches = iterate_batches(train_set, args.batch_size - n_rep, args.seed)
+    rep_batches = iterate_batches(replay_set, n_rep, args.seed + 1) if n_rep else None
     history = {"train_loss": [], "val_loss": [], "step_seconds": [], "tokens": 0}
     out = Path(args.adapter_path) if args.adapter_path else None
     extra = adapter_extra or {}
@@ -146,7 +192,9 @@ def train(
         t0 = time.perf_counter()
         acc, step_loss, step_toks = None, 0.0, 0
         for _ in range(args.grad_accum):
-            (loss, ntoks), grads = grad_fn(model, *make_batch(next(batches)))
+            rep = make_batch(next(rep_batches)) if rep_batches is not None else None
+            base_logp = base_log_probs(model, rep[0]) if rep is not None and distill > 0 else None
+            (loss, ntoks), grads = grad_fn(model, make_batch(next(batches)), rep, base_logp)
             # weight by tokens: sum over micro-batches of (mean loss * tokens) / total tokens
             grads = tree_map(lambda g: g * ntoks.astype(g.dtype), grads)
             acc = grads if acc is None else tree_map(mx.add, acc, grads)
@@ -167,10 +215,20 @@ def train(
             report(f"step {step}: train loss {window_loss / max(window_toks, 1):.4f}, "
                    f"{secs / n:.3f} s/step, {window_toks / max(secs, 1e-9):.0f} tok/s")
             window_loss, window_toks = 0.0, 0
+        stop = False
         if step % args.steps_per_eval == 0 or step == args.iters:
             validate(step)
+            if should_stop is not None and step < args.iters:
+                model.eval()
+                stop = bool(should_stop(step))
+                model.train()
         if out is not None and (step % args.save_every == 0 or step == args.iters):
             save_adapter(model, out, extra=extra)
             save_adapter(model, out, weights_name=f"{step:07d}_adapters.safetensors", extra=extra)
+        if stop:
+            history["stopped_at"] = step
+            if out is not None and step % args.save_every:
+                save_adapter(model, out, extra=extra)
+            break
     model.eval()
     return history

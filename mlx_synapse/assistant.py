@@ -46,7 +46,7 @@ without it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import re
 import time
@@ -62,8 +62,8 @@ from .memory.retrieval import adaptive_prefix
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
-__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "READER_INSTRUCTION", "is_question", "replace_value",
-           "restates", "visible", "said_on"]
+__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "READER_INSTRUCTION", "ABSTAIN", "asks_when", "context_turn",
+           "is_question", "note", "replace_value", "restates", "visible", "said_on"]
 
 # Worked examples (fictional, not the user's): the two whose fact is closest to the best
 # memory shown go before the question, the closer one last. A small model copies the
@@ -91,6 +91,28 @@ READER_INSTRUCTION = "If the context does not say, answer: " + ABSTAIN
 # made the model answer with them ("(said on ...") or misread the notes ("sorry for your loss").
 _WHEN = re.compile(r"^\s*(?:when|since when|how long ago|what (?:day|date|year|month|time)|which (?:day|date|year|month)|"
                    r"on what (?:day|date))\b", re.I)
+
+
+def asks_when(message: str) -> bool:
+    """Whether ``message`` asks about time: the notes shown then carry the date each was said."""
+    return bool(_WHEN.match(message))
+
+
+def note(text: str, when: Optional[float] = None) -> str:
+    """One memory as a line of the context: its text, and the day it was said when ``when`` is given."""
+    return text + (f" (said on {day(when)})" if when is not None else "")
+
+
+def context_turn(message: str, notes: Sequence[str] = (), abstain: bool = False) -> str:
+    """The user turn the model sees: ``notes`` (context lines, in order, the best last) before the
+    question; with none and ``abstain``, the empty context and the way to say it does not know;
+    else the message alone. The reader adapter's training data (:mod:`mlx_synapse.reader.data`)
+    is built with this same function, so the two cannot drift apart."""
+    if notes:
+        return "Context:\n" + "\n".join(notes) + f"\n\nQuestion: {message}"
+    if abstain:  # asked about what was never said: nothing shown, and the way to say so
+        return f"Context:\n(nothing about this)\n\nQuestion: {message}\n{READER_INSTRUCTION}"
+    return message
 
 
 def _superseded(e: Entry) -> bool:
@@ -638,15 +660,10 @@ class Assistant:
             used += cost
         for u, a in reversed(kept):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        if memories:  # one per line, the best one nearest the question; dates only when it asks about time
-            dated = bool(_WHEN.match(message))
-            notes = "\n".join(e.text + (f" (said on {day(said_on(e))})" if dated else "") for e, _ in reversed(memories))
-            msgs.append({"role": "user", "content": f"Context:\n{notes}\n\nQuestion: {message}"})
-        elif self._abstain:  # asked about what was never said: nothing shown, and the way to say so
-            msgs.append({"role": "user", "content": f"Context:\n(nothing about this)\n\nQuestion: {message}\n"
-                                                    f"{READER_INSTRUCTION}"})
-        else:
-            msgs.append({"role": "user", "content": message})
+        # one per line, the best one nearest the question; dates only when it asks about time
+        dated = asks_when(message)
+        notes = [note(e.text, said_on(e) if dated else None) for e, _ in reversed(memories)]
+        msgs.append({"role": "user", "content": context_turn(message, notes, abstain=self._abstain)})
         return msgs
 
     def examples_for(self, memory: str) -> List[Tuple[str, str, str]]:

@@ -203,13 +203,20 @@ class Assistant:
         memory_tokens: the most tokens of memories shown in one prompt.
         chunk_chars: a message longer than this is stored as chunks of at most this size.
         max_message_chars: longer messages are refused (ValueError).
+        reader: the reader adapter switched on for turns whose prompt shows a ``Context:``
+            block (:mod:`mlx_synapse.reader`): None/True the shipped one (or
+            ``$MLX_SYNAPSE_READER``: a directory, or 0 for none), False none, a path that
+            adapter. Turns without memories never see it (the base model, bit for bit). When
+            no adapter is found or it does not fit the model, turns run as without one and
+            ``reader_note`` says why.
     """
 
     def __init__(self, model, tokenizer, memory: MemoryBank, *, user: str, k: int = 3,
                  min_score: float = 0.35, margin: float = 0.03, lexical: float = 0.2, copy_bonus: float = 6.0,
                  history_tokens: int = 1024, max_tokens: int = 128, temp: float = 0.0, top_p: float = 1.0,
                  system: Optional[str] = None, auto_learn: bool = True, context: Optional[int] = None,
-                 memory_tokens: int = 512, chunk_chars: int = 500, max_message_chars: int = 200_000):
+                 memory_tokens: int = 512, chunk_chars: int = 500, max_message_chars: int = 200_000,
+                 reader=None):
         if k < 1 or history_tokens < 0 or max_tokens < 1 or margin < 0 or lexical < 0 or copy_bonus < 0:
             raise ValueError("[assistant] need k >= 1, history_tokens >= 0, max_tokens >= 1 and margin, "
                              "lexical, copy_bonus >= 0.")
@@ -234,6 +241,8 @@ class Assistant:
         self._abstain = False  # this turn's question asks what the user never said (not_told)
         self._current_dv = None
         self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
+        self._reader_setting, self._reader, self.reader_note = reader, None, None
+        self._context_shown = False  # the last prepared prompt shows a Context block (memories or abstention)
 
     # ------------------------------------------------------------------ memory
 
@@ -765,9 +774,34 @@ class Assistant:
         learned = self.learn(message) if self.auto_learn and not self.read_only else None
         try:
             ids, memories = self.build_prompt(message, memories)
+            self._context_shown = bool(memories) or self._abstain
         finally:
             self._abstain = False
         return ids, memories, learned
+
+    def reader(self):
+        """The reader adapter on this assistant's model (:class:`mlx_synapse.reader.Reader`),
+        installed on first use; None when there is none (``reader_note`` says why)."""
+        if self._reader is None and self.reader_note is None:
+            from .reader import reader_for, resolve
+
+            path, self.reader_note = resolve(self._reader_setting)
+            if path is not None and self.model is None:
+                path, self.reader_note = None, "reader off: no model"
+            if path is not None:
+                try:
+                    self._reader = reader_for(self.model, path)
+                except (ValueError, FileNotFoundError, ImportError) as e:
+                    self.reader_note = f"reader off: {e}"
+        return self._reader
+
+    def reader_scope(self):
+        """A context in which the model generates the reply to the last :meth:`prepare`: the
+        reader adapter on when that prompt shows a ``Context:`` block, else nothing changed."""
+        import contextlib
+
+        r = self.reader() if self._context_shown else None
+        return r.active() if r is not None else contextlib.nullcontext()
 
     def not_told(self, message: str, memories: List[Tuple[Entry, float]]) -> bool:
         """True when ``message`` asks about a slot (:func:`question_slot`: "What is my niece's
@@ -796,11 +830,12 @@ class Assistant:
         ids, memories, learned = self.prepare(message)
         text, last, done = "", None, False
         try:
-            for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
-                                        temp=self.temp, top_p=self.top_p,
-                                        logits_processors=self.processors(ids, memories)):
-                text += last.text
-                yield last.text
+            with self.reader_scope():  # on only for a turn that shows memories; off again after, also on Ctrl-C
+                for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
+                                            temp=self.temp, top_p=self.top_p,
+                                            logits_processors=self.processors(ids, memories)):
+                    text += last.text
+                    yield last.text
             done = True
         finally:  # also when the caller stops early (Ctrl-C, close()): the session keeps what was said
             reply = Reply(text.strip(), memories, learned, len(ids),

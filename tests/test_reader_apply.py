@@ -194,3 +194,34 @@ def test_assistant_without_weights_runs_as_before(tmp_path, monkeypatch):
     a = Assistant(None, None, None, user="u", reader=tmp_path)
     assert a.reader() is None and "no adapter" in a.reader_note
     assert Assistant(None, None, None, user="u", reader=False).reader() is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["numpy", "mlx"])
+def test_shipped_reader_on_the_default_model(tmp_path, smollm2_dir, backend, monkeypatch):
+    """With the shipped weights: the no-memory turn is the base model's to the byte, and a
+    two-hop memory turn is answered from the notes."""
+    from mlx_synapse import load
+    from mlx_synapse.assistant import Assistant
+    from mlx_synapse.memory.bank import MemoryBank
+    from mlx_synapse.reader import WEIGHTS_DIR
+
+    from .test_memory_bank import BagOfWords
+
+    monkeypatch.delenv("MLX_SYNAPSE_READER", raising=False)
+    if not (WEIGHTS_DIR / "adapters.safetensors").is_file():
+        pytest.skip("no reader weights shipped yet (mlx_synapse/reader/weights/)")
+    model, tok = load(smollm2_dir, backend=backend)
+    bare, _ = load(smollm2_dir, backend=backend)
+    bank = MemoryBank(tmp_path / "m.db", BagOfWords(), backend="numpy")
+    try:
+        a = Assistant(model, tok, bank, user="u", max_tokens=24, min_score=0.0)
+        ids, mems, _ = a.prepare("Write one sentence about autumn.")
+        fwd = (lambda m: np.array(m(mx.array([ids]))[0])) if backend == "mlx" else (lambda m: np.array(m(np.array(ids))))
+        with a.reader_scope():
+            assert fwd(model).tobytes() == fwd(bare).tobytes()
+        a.remember("My sister is called Hedda.")
+        a.remember("Hedda lives in Coimbra.")
+        assert "Coimbra" in a.respond("Where does my sister live?").text
+    finally:
+        bank.close()

@@ -46,7 +46,7 @@ without it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import re
 import time
@@ -62,8 +62,8 @@ from .memory.retrieval import adaptive_prefix
 from .statements import _CORRECTION, _FIRST_PERSON, _NOT_VALUES, _VALUE, _norm, _strip_value, is_question, plain
 from .statements import replace_value, restates
 
-__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "READER_INSTRUCTION", "is_question", "replace_value",
-           "restates", "visible", "said_on"]
+__all__ = ["Assistant", "Reply", "EXAMPLES", "N_EXAMPLES", "READER_INSTRUCTION", "ABSTAIN", "asks_when", "context_turn",
+           "is_question", "note", "replace_value", "restates", "visible", "said_on"]
 
 # Worked examples (fictional, not the user's): the two whose fact is closest to the best
 # memory shown go before the question, the closer one last. A small model copies the
@@ -91,6 +91,28 @@ READER_INSTRUCTION = "If the context does not say, answer: " + ABSTAIN
 # made the model answer with them ("(said on ...") or misread the notes ("sorry for your loss").
 _WHEN = re.compile(r"^\s*(?:when|since when|how long ago|what (?:day|date|year|month|time)|which (?:day|date|year|month)|"
                    r"on what (?:day|date))\b", re.I)
+
+
+def asks_when(message: str) -> bool:
+    """Whether ``message`` asks about time: the notes shown then carry the date each was said."""
+    return bool(_WHEN.match(message))
+
+
+def note(text: str, when: Optional[float] = None) -> str:
+    """One memory as a line of the context: its text, and the day it was said when ``when`` is given."""
+    return text + (f" (said on {day(when)})" if when is not None else "")
+
+
+def context_turn(message: str, notes: Sequence[str] = (), abstain: bool = False) -> str:
+    """The user turn the model sees: ``notes`` (context lines, in order, the best last) before the
+    question; with none and ``abstain``, the empty context and the way to say it does not know;
+    else the message alone. The reader adapter's training data (:mod:`mlx_synapse.reader.data`)
+    is built with this same function, so the two cannot drift apart."""
+    if notes:
+        return "Context:\n" + "\n".join(notes) + f"\n\nQuestion: {message}"
+    if abstain:  # asked about what was never said: nothing shown, and the way to say so
+        return f"Context:\n(nothing about this)\n\nQuestion: {message}\n{READER_INSTRUCTION}"
+    return message
 
 
 def _superseded(e: Entry) -> bool:
@@ -181,13 +203,20 @@ class Assistant:
         memory_tokens: the most tokens of memories shown in one prompt.
         chunk_chars: a message longer than this is stored as chunks of at most this size.
         max_message_chars: longer messages are refused (ValueError).
+        reader: the reader adapter switched on for turns whose prompt shows a ``Context:``
+            block (:mod:`mlx_synapse.reader`): None/True the shipped one (or
+            ``$MLX_SYNAPSE_READER``: a directory, or 0 for none), False none, a path that
+            adapter. Turns without memories never see it (the base model, bit for bit). When
+            no adapter is found or it does not fit the model, turns run as without one and
+            ``reader_note`` says why.
     """
 
     def __init__(self, model, tokenizer, memory: MemoryBank, *, user: str, k: int = 3,
                  min_score: float = 0.35, margin: float = 0.03, lexical: float = 0.2, copy_bonus: float = 6.0,
                  history_tokens: int = 1024, max_tokens: int = 128, temp: float = 0.0, top_p: float = 1.0,
                  system: Optional[str] = None, auto_learn: bool = True, context: Optional[int] = None,
-                 memory_tokens: int = 512, chunk_chars: int = 500, max_message_chars: int = 200_000):
+                 memory_tokens: int = 512, chunk_chars: int = 500, max_message_chars: int = 200_000,
+                 reader=None):
         if k < 1 or history_tokens < 0 or max_tokens < 1 or margin < 0 or lexical < 0 or copy_bonus < 0:
             raise ValueError("[assistant] need k >= 1, history_tokens >= 0, max_tokens >= 1 and margin, "
                              "lexical, copy_bonus >= 0.")
@@ -212,6 +241,8 @@ class Assistant:
         self._abstain = False  # this turn's question asks what the user never said (not_told)
         self._current_dv = None
         self.notes: List[str] = []  # what the current turn cut or split (see Reply.notes)
+        self._reader_setting, self._reader, self.reader_note = reader, None, None
+        self._context_shown = False  # the last prepared prompt shows a Context block (memories or abstention)
 
     # ------------------------------------------------------------------ memory
 
@@ -638,15 +669,10 @@ class Assistant:
             used += cost
         for u, a in reversed(kept):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
-        if memories:  # one per line, the best one nearest the question; dates only when it asks about time
-            dated = bool(_WHEN.match(message))
-            notes = "\n".join(e.text + (f" (said on {day(said_on(e))})" if dated else "") for e, _ in reversed(memories))
-            msgs.append({"role": "user", "content": f"Context:\n{notes}\n\nQuestion: {message}"})
-        elif self._abstain:  # asked about what was never said: nothing shown, and the way to say so
-            msgs.append({"role": "user", "content": f"Context:\n(nothing about this)\n\nQuestion: {message}\n"
-                                                    f"{READER_INSTRUCTION}"})
-        else:
-            msgs.append({"role": "user", "content": message})
+        # one per line, the best one nearest the question; dates only when it asks about time
+        dated = asks_when(message)
+        notes = [note(e.text, said_on(e) if dated else None) for e, _ in reversed(memories)]
+        msgs.append({"role": "user", "content": context_turn(message, notes, abstain=self._abstain)})
         return msgs
 
     def examples_for(self, memory: str) -> List[Tuple[str, str, str]]:
@@ -748,9 +774,34 @@ class Assistant:
         learned = self.learn(message) if self.auto_learn and not self.read_only else None
         try:
             ids, memories = self.build_prompt(message, memories)
+            self._context_shown = bool(memories) or self._abstain
         finally:
             self._abstain = False
         return ids, memories, learned
+
+    def reader(self):
+        """The reader adapter on this assistant's model (:class:`mlx_synapse.reader.Reader`),
+        installed on first use; None when there is none (``reader_note`` says why)."""
+        if self._reader is None and self.reader_note is None:
+            from .reader import reader_for, resolve
+
+            path, self.reader_note = resolve(self._reader_setting)
+            if path is not None and self.model is None:
+                path, self.reader_note = None, "reader off: no model"
+            if path is not None:
+                try:
+                    self._reader = reader_for(self.model, path)
+                except (ValueError, FileNotFoundError, ImportError) as e:
+                    self.reader_note = f"reader off: {e}"
+        return self._reader
+
+    def reader_scope(self):
+        """A context in which the model generates the reply to the last :meth:`prepare`: the
+        reader adapter on when that prompt shows a ``Context:`` block, else nothing changed."""
+        import contextlib
+
+        r = self.reader() if self._context_shown else None
+        return r.active() if r is not None else contextlib.nullcontext()
 
     def not_told(self, message: str, memories: List[Tuple[Entry, float]]) -> bool:
         """True when ``message`` asks about a slot (:func:`question_slot`: "What is my niece's
@@ -779,11 +830,12 @@ class Assistant:
         ids, memories, learned = self.prepare(message)
         text, last, done = "", None, False
         try:
-            for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
-                                        temp=self.temp, top_p=self.top_p,
-                                        logits_processors=self.processors(ids, memories)):
-                text += last.text
-                yield last.text
+            with self.reader_scope():  # on only for a turn that shows memories; off again after, also on Ctrl-C
+                for last in stream_generate(self.model, self.tokenizer, ids, max_tokens=self.max_tokens,
+                                            temp=self.temp, top_p=self.top_p,
+                                            logits_processors=self.processors(ids, memories)):
+                    text += last.text
+                    yield last.text
             done = True
         finally:  # also when the caller stops early (Ctrl-C, close()): the session keeps what was said
             reply = Reply(text.strip(), memories, learned, len(ids),

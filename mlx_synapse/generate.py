@@ -11,6 +11,7 @@ backend runs (see ``generate_step``).  MLX models run the loop in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import resource
 import sys
@@ -326,23 +327,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             helper = Assistant(model, tokenizer, bank, user=args.user or default_user(), system=args.system)
             ids, memories, _ = helper.prepare(prompt.strip())
             processors = helper.processors(ids, memories)
+            scope = helper.reader_scope()  # the reader adapter, on a turn that shows memories
             if args.verbose:
                 for e, s in memories:
                     print(f"[memory {s:.3f}] {e.text}", file=sys.stderr)
         else:
             ids = build_prompt(tokenizer, prompt, args.system, not args.no_chat_template)
-            processors = None
+            processors, scope = None, contextlib.nullcontext()
         ids = fit_prompt(model, ids, args.max_kv_size, args.truncate_prompt)
         if args.verbose:
             print(f"[backend: {model.backend}; model: {model.model_path}]", file=sys.stderr)
             print(tokenizer.decode(ids), file=sys.stderr)
-        for last in stream_generate(
-            model, tokenizer, ids, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
-            min_p=args.min_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-            repetition_context_size=args.repetition_context_size, seed=args.seed,
-            max_kv_size=args.max_kv_size, kv_bits=args.kv_bits, logits_processors=processors,
-        ):
-            print(last.text, end="", flush=True)
+        with scope:
+            for last in stream_generate(
+                model, tokenizer, ids, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
+                min_p=args.min_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                repetition_context_size=args.repetition_context_size, seed=args.seed,
+                max_kv_size=args.max_kv_size, kv_bits=args.kv_bits, logits_processors=processors,
+            ):
+                print(last.text, end="", flush=True)
         print()
         if last is not None:
             if last.finish_reason == "length" and last.generation_tokens < args.max_tokens:

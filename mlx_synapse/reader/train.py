@@ -4,9 +4,10 @@
     python -m mlx_synapse.reader.train --out /tmp/r --iters 4 --examples 64 --valid 16 --batch-size 2 \\
         --ppl-tokens 256 --dequantize                                # a CPU smoke run
 
-Steps: synthetic memory-grounded QA (:mod:`.data`, loss on the answer only) mixed with
-replayed WikiText-2 paragraphs (the file's second half: the perplexity below reads its
-start), LoRA on the default model in its trainable form (:func:`mlx_synapse.learn.load_trainable`,
+Steps: synthetic memory-grounded QA (:mod:`.data`, loss on the answer only) with
+replayed WikiText-2 paragraphs in every batch (the file's second half: the perplexity
+below reads its start), held to the base model's own distribution by a KL term
+(``--distill``; 0 fits them by cross-entropy instead), LoRA on the default model in its trainable form (:func:`mlx_synapse.learn.load_trainable`,
 4-bit layers kept), AdamW; every ``--steps-per-eval`` the validation loss and the
 perplexity drift; the adapter kept is the one with the lowest validation loss among
 those within ``--max-ppl-drift`` (early stop after ``--patience`` evaluations without a
@@ -43,7 +44,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, default=16)
     p.add_argument("--examples", type=int, default=12000, help="synthetic QA examples to train on")
     p.add_argument("--valid", type=int, default=480, help="validation examples (another seed)")
-    p.add_argument("--replay-share", type=float, default=0.2, help="share of training examples that are general text")
+    p.add_argument("--replay-share", type=float, default=0.25, help="share of every batch that is general text")
+    p.add_argument("--distill", type=float, default=1.0,
+                   help="weight of KL(base || adapted) on the general text (0: fit the text by cross-entropy instead)")
     p.add_argument("--steps-per-eval", type=int, default=50)
     p.add_argument("--patience", type=int, default=4, help="evaluations without a better adapter before stopping")
     p.add_argument("--ppl-tokens", type=int, default=8192, help="WikiText-2 tokens the perplexity reads")
@@ -66,8 +69,8 @@ def check(a) -> None:
         raise ValueError(f"--replay-share must be in [0, 1) but got {a.replay_share}.")
     if not (a.learning_rate > 0 and math.isfinite(a.learning_rate)):
         raise ValueError(f"--learning-rate must be a positive number but got {a.learning_rate}.")
-    if a.scale <= 0 or a.max_ppl_drift < 0 or a.hellaswag < 0:
-        raise ValueError("--scale must be > 0, --max-ppl-drift and --hellaswag >= 0.")
+    if a.scale <= 0 or a.max_ppl_drift < 0 or a.hellaswag < 0 or a.distill < 0:
+        raise ValueError("--scale must be > 0, --max-ppl-drift, --hellaswag and --distill >= 0.")
     if a.valid < a.batch_size:
         raise ValueError(f"--valid {a.valid} is smaller than --batch-size {a.batch_size}.")
 
@@ -144,7 +147,7 @@ def run(a, log=print) -> dict:
     from ..learn import apply_lora, load_trainable, remove_lora, save_adapter
     from ..learn.bank_sleep import SleepConfig, general_sets, general_text_path
     from ..learn.data import tokenize
-    from ..learn.trainer import evaluate, iterate_batches, loss_fn, make_batch
+    from ..learn.trainer import base_log_probs, distill_loss, evaluate, iterate_batches, loss_fn, make_batch
     from .data import generate
 
     t_start = time.perf_counter()
@@ -166,10 +169,13 @@ def run(a, log=print) -> dict:
 
     train_qa = tok_all(generate(a.examples, seed=a.seed))
     valid_qa = tok_all(generate(a.valid, seed=a.seed + 10_000))
-    n_replay = int(round(len(train_qa) * a.replay_share / (1 - a.replay_share))) if a.replay_share else 0
+    n_rep = min(int(round(a.batch_size * a.replay_share)), a.batch_size - 1)
+    n_replay = max(4 * n_rep, int(round(len(train_qa) * a.replay_share / (1 - a.replay_share)))) if n_rep else 0
     _, replay = general_sets(tok, SleepConfig(chunk_tokens=128, general_chunks=1), n_replay, text_path)
-    train_set = [(ids, off) for _, ids, off in train_qa] + [
-        (ids[:MAX_SEQ], 0) for ids, _ in (tokenize(r, "text", tok) for r in replay)]
+    qa_set = [(ids, off) for _, ids, off in train_qa]
+    replay_set = [(ids[:MAX_SEQ], 0) for ids, _ in (tokenize(r, "text", tok) for r in replay)]
+    n_rep = min(n_rep, len(replay_set))
+    train_set = qa_set + replay_set
     valid_set = [(ids, off) for _, ids, off in valid_qa]
     text = text_path.read_text(encoding="utf-8")
     ppl_ids = tok.encode(text[: 8 * a.ppl_tokens])[: a.ppl_tokens]
@@ -187,8 +193,18 @@ def run(a, log=print) -> dict:
     mx.random.seed(a.seed)
     apply_lora(model, num_layers=a.num_layers, rank=a.rank, scale=a.scale)
     opt = optim.AdamW(learning_rate=a.learning_rate, weight_decay=0.0)
-    grad_fn = nn.value_and_grad(model, lambda m, *b: loss_fn(m, *b))
-    batches = iterate_batches(train_set, a.batch_size, a.seed)
+    def total(m, qa, rep, base_logp):
+        loss, n = loss_fn(m, *qa)
+        if rep is None:
+            return loss, n
+        if a.distill > 0:  # the general text held to the base model's distribution
+            return loss + a.distill * distill_loss(m, rep[0], rep[2], base_logp)[0], n
+        l2, n2 = loss_fn(m, *rep)  # or fitted, pooled with the answers
+        return (loss * n + l2 * n2) / mx.maximum(n + n2, 1), n + n2
+
+    grad_fn = nn.value_and_grad(model, total)
+    batches = iterate_batches(qa_set, a.batch_size - n_rep, a.seed)
+    rep_batches = iterate_batches(replay_set, n_rep, a.seed + 1) if n_rep else None
     history: Dict[str, list] = {"train_loss": [], "val_loss": [], "ppl": []}
     best: Optional[dict] = None
     since_best, step_s = 0, []
@@ -219,7 +235,9 @@ def run(a, log=print) -> dict:
     stopped_early = False
     for step in range(1, a.iters + 1):
         t0 = time.perf_counter()
-        (loss, _), grads = grad_fn(model, *make_batch(next(batches)))
+        rep = make_batch(next(rep_batches)) if rep_batches is not None else None
+        base_logp = base_log_probs(model, rep[0]) if rep is not None and a.distill > 0 else None
+        (loss, _), grads = grad_fn(model, make_batch(next(batches)), rep, base_logp)
         opt.update(model, grads)
         mx.eval(model.parameters(), opt.state, loss)
         step_s.append(time.perf_counter() - t0)
@@ -242,7 +260,7 @@ def run(a, log=print) -> dict:
     base_name = str(getattr(model, "model_path", a.model or "default"))
     save_adapter(model, out, extra={"base_model": base_name, "purpose": "reader",
                                     "trained": {"iters": best["step"], "learning_rate": a.learning_rate,
-                                                "examples": a.examples, "replay_share": a.replay_share,
+                                                "examples": a.examples, "replay_share": a.replay_share, "distill": a.distill,
                                                 "seed": a.seed}})
     after = {"ppl": wikitext_ppl(model, ppl_ids), "answers": answer_match(model, valid_qa)}
     if items:

@@ -48,7 +48,7 @@ class SleepConfig:
     learning_rate: float = 1e-4
     rank: int = 16
     num_layers: int = 16
-    scale: float = 20.0
+    scale: float = 2.0  # 20 (mlx-lm's) with fitted replay drove perplexity +2145% on the default model
     batch_size: int = 8
     replay_share: float = 0.25  # share of every batch that is general text
     distill: float = 1.0  # > 0: general text is held to the base model's distribution (KL), not fitted

@@ -1,7 +1,7 @@
 """Merging two domains' adapters: how much of each one's gain survives TIES, DARE+TIES and linear merges.
 
-    python -m mlx_synapse.benchmarks.merge_bench                          # tiny random model, byte tokens: CPU, ~minutes
-    python -m mlx_synapse.benchmarks.merge_bench --model default --json results/merge_default.json   # GPU
+    python -m mlx_synapse.benchmarks.merge_bench --workdir /tmp/mb --json results/merge/cpu_tiny.json  # tiny model: CPU, ~20 min
+    python -m mlx_synapse.benchmarks.merge_bench --model default --json results/merge/default.json     # the default model: GPU
 
 Two disjoint synthetic domains of fictional facts, question -> answer, trained on the
 answer tokens only:
@@ -20,9 +20,11 @@ as a rank-2r adapter instead and report the SVD's error). For each domain:
 - ``kept``: the merge's gain over the base as a share of the domain's own adapter's
   gain, for loss and for recall ((base - merged) / (base - own)).
 
-The facts are the training facts: a tiny random model cannot generalise to paraphrases,
-so the gain measured is what each adapter learned, and the question is how much of it a
-merge keeps. Without ``--model`` the base is a random 4-block Llama (hidden 128) over
+Each adapter's training set is its domain's facts plus a ``--replay-share`` of replayed
+general examples (the tiny base's pretraining facts, as the package's learner replays
+general text; none on a real model). The facts measured are the training facts: a tiny
+model cannot generalise to paraphrases, so the gain measured is what each adapter
+learned, and the question is how much of it a merge keeps. Without ``--model`` the base is a random 4-block Llama (hidden 128) over
 UTF-8 bytes (vocabulary 256), built in memory from ``--seed``; ``--model default`` (or a
 directory) runs the same on a real model with its tokenizer. The tiny base is first
 trained in full (``--pretrain-iters``) on other facts of both templates, so that it knows
@@ -120,22 +122,24 @@ def kept(base: dict, own: dict, merged: dict) -> dict:
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mlx_synapse.benchmarks.merge_bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="'default', a model directory, or none: a tiny random byte model")
-    p.add_argument("--facts", type=int, default=32, help="facts per domain")
-    p.add_argument("--iters", type=int, default=None, help="training steps per adapter (default 300 tiny, 200 real)")
+    p.add_argument("--facts", type=int, default=24, help="facts per domain")
+    p.add_argument("--iters", type=int, default=None, help="training steps per adapter (default 150 tiny, 200 real)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--learning-rate", type=float, default=None, help="(default 3e-3 tiny, 2e-4 real)")
+    p.add_argument("--learning-rate", type=float, default=None, help="(default 1e-3 tiny, 2e-4 real)")
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--scale", type=float, default=None, help="LoRA scale (default 4 tiny, 20 real)")
-    p.add_argument("--num-layers", type=int, default=16)
-    p.add_argument("--merges", default="linear:1:1,linear:1:2,ties:0.2:1,ties:0.2:2,ties:0.5:1.5,dare_ties:0.2:1,"
-                                       "dare_ties:0.5:1.5,dare_linear:0.5:2",
+    p.add_argument("--scale", type=float, default=None, help="LoRA scale (default 2 tiny, 20 real)")
+    p.add_argument("--num-layers", type=int, default=None, help="adapted blocks from the end (default 2 tiny, 16 real)")
+    p.add_argument("--merges", default="linear:1:1,linear:1:2,ties:0.2:1,ties:0.5:1,ties:1:1,ties:0.2:2,dare_ties:0.2:1,"
+                                       "dare_ties:0.5:1,dare_linear:0.5:1",
                    help="comma-separated method:density:lam")
-    p.add_argument("--svd", default="ties:0.5:1.5", help="merges also written as a rank-2r adapter (comma-separated)")
-    p.add_argument("--pretrain-iters", type=int, default=200,
+    p.add_argument("--svd", default="ties:0.2:1", help="merges also written as a rank-2r adapter (comma-separated)")
+    p.add_argument("--pretrain-iters", type=int, default=150,
                    help="full training steps of the tiny base on other facts of both templates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="where the adapters (and the pretrained tiny base, reused by "
                                                    "later runs) are written (default: a temporary directory)")
+    p.add_argument("--replay-share", type=float, default=0.5,
+                   help="share of each adapter's training examples replayed from the tiny base's general facts")
     p.add_argument("--reuse-adapters", action="store_true",
                    help="take the domains' adapters already in --workdir (same settings) instead of training them")
     p.add_argument("--json", default=None, help="also write the figures here")
@@ -187,9 +191,10 @@ def load_base(spec: Optional[str], seed: int, pretrain: list = (), pretrain_iter
 def main(argv: Optional[List[str]] = None) -> int:
     args = setup_arg_parser().parse_args(argv)
     tiny = args.model is None
-    iters = args.iters or (300 if tiny else 200)
-    lr = args.learning_rate or (3e-3 if tiny else 2e-4)
-    scale = args.scale or (4.0 if tiny else 20.0)
+    iters = args.iters or (150 if tiny else 200)
+    lr = args.learning_rate or (1e-3 if tiny else 2e-4)
+    scale = args.scale or (2.0 if tiny else 20.0)
+    num_layers = args.num_layers or (2 if tiny else 16)
     try:
         merges = [(m, float(d), float(lam)) for m, d, lam in (s.split(":") for s in args.merges.split(","))]
         svd = {tuple(s.split(":")) for s in args.svd.split(",")} if args.svd else set()
@@ -201,6 +206,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     allfacts = domains(args.facts + n_pre, args.seed)  # one draw: the pretraining facts share no subject
     byte = lambda s: list(s.encode("utf-8"))  # noqa: E731
     pre = [x for pairs in allfacts.values() for x in encode_pairs(pairs[args.facts:], byte)]
+    if not 0 <= args.replay_share < 1:
+        print(f"error: [merge_bench] --replay-share must be in [0, 1) but got {args.replay_share}.", file=sys.stderr)
+        return 2
     make, encode, desc = load_base(args.model, args.seed, pre, args.pretrain_iters if tiny else 0, log,
                                    args.workdir)
     data = {d: encode_pairs(p[:args.facts], encode) for d, p in allfacts.items()}
@@ -212,10 +220,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = make()
     result = {"model": desc, "device": str(mx.default_device()), "facts": args.facts, "iters": iters, "lr": lr,
               "commit": _commit(),
-              "rank": args.rank, "scale": scale, "seed": args.seed, "base": measure(model, data), "own": {},
+              "rank": args.rank, "scale": scale, "num_layers": num_layers, "replay_share": args.replay_share,
+              "seed": args.seed, "base": measure(model, data), "own": {},
               "train_seconds": {}, "merges": []}
     log(f"base: {json.dumps(result['base'])}")
     paths = []
+    # replayed general examples (the tiny base's own pretraining facts), as the package's learner mixes in
+    # general text: without them an adapter also rewrites the other template's answers
+    n_replay = round(args.replay_share / (1 - args.replay_share) * args.facts) if tiny else 0
+    replay = random.Random(args.seed).sample(pre, min(n_replay, len(pre))) if n_replay else []
+    result["replay_examples"] = len(replay)
     for d, ds in data.items():
         model = make()
         if args.reuse_adapters and (work / d / "adapters.safetensors").is_file():
@@ -225,9 +239,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(f"adapter {d}: reused from {work / d}")
         else:
             mx.random.seed(args.seed)
-            apply_lora(model, num_layers=args.num_layers, rank=args.rank, scale=scale)
+            apply_lora(model, num_layers=num_layers, rank=args.rank, scale=scale)
             t0 = time.perf_counter()
-            train(model, ds, TrainingArgs(iters=iters, batch_size=args.batch_size, learning_rate=lr, seed=args.seed,
+            train(model, ds + replay, TrainingArgs(iters=iters, batch_size=args.batch_size, learning_rate=lr, seed=args.seed,
                                           steps_per_report=max(iters // 4, 1), steps_per_eval=10**9,
                                           save_every=10**9), report=log)
             result["train_seconds"][d] = time.perf_counter() - t0

@@ -9,8 +9,8 @@ count gives the gradient of the global batch's mean token loss -- the step
 rounding. The adapter starts equal everywhere (rank 0's, sent by the same all-sum) and
 every process applies the same update, so the adapters stay equal; rank 0 writes them.
 
-    mlx.launch --backend ring -n 2 -- -m mlx_synapse.learn.distributed --model DIR --data train.jsonl \\
-        --adapter-path out --iters 100 --batch-size 8          # 2 processes on this machine (ring, localhost)
+    mlx.launch --backend ring -n 2 -- python -m mlx_synapse.learn.distributed --model DIR \\
+        --data train.jsonl --adapter-path out --iters 100 --batch-size 8   # 2 processes here (ring, localhost)
     python -m mlx_synapse.learn.distributed ...                 # without a launcher: one process
 
 MPI and NCCL (``--backend mpi|nccl``, ``mlx.launch --backend nccl`` on CUDA) run the

@@ -13,6 +13,7 @@ COMMANDS = {
     "bench": "mlx_synapse.bench",
     "train": "mlx_synapse.learn.train",
     "sleep": "mlx_synapse.sleep",
+    "bundle": "mlx_synapse.learn.bundle",
     "serve": "mlx_synapse.server.__main__",
     "server": "mlx_synapse.server.__main__",
 }

@@ -208,6 +208,7 @@ class DecodeEngine:
                 raise ValueError(f"[DecodeEngine.step_batch] each cache must be {nl} KVCache/RotatingKVCache layers")
         d = self._shape[1]
         tok = ids.astype(np.int32)
+        offsets = [[c.offset for c in cache] for cache in caches]
         slots, Ts = np.empty(B, np.int32), np.empty(B, np.int32)
         cos, sin = np.empty((B, d), np.float32), np.empty((B, d), np.float32)
         kv, caps = np.empty((B, nl, 2), np.uintp), np.empty((B, nl), np.int32)
@@ -224,7 +225,10 @@ class DecodeEngine:
         rc = self.lib.syn_decode_batch(self._ctx, B, tok.ctypes.data, slots.ctypes.data, Ts.ctypes.data,
                                        cos.ctypes.data, sin.ctypes.data, kv.ctypes.data, caps.ctypes.data,
                                        out.ctypes.data)
-        if rc != 0:
+        if rc != 0:  # nothing was computed: give the reserved slots back
+            for cache, offs in zip(caches, offsets):
+                for c, o in zip(cache, offs):
+                    c.offset = o
             raise RuntimeError(f"[DecodeEngine.step_batch] batched decode failed (code {rc})")
         return out
 

@@ -1,24 +1,36 @@
 """Load on the HTTP server: N concurrent streaming clients, R requests each.
 
-``python -m mlx_synapse.benchmarks.server_load --clients 1 4 --requests 4 --max-tokens 32``
+``python -m mlx_synapse.benchmarks.server_load --clients 1 8 16 --requests 8 --max-tokens 32``
 
 Starts the server in this process (uvicorn on a free loopback port, the default model
 unless ``--model``), then for each N in ``--clients`` runs N client threads that each
 send R streaming chat requests one after another (memory off unless ``--memory``: this
-measures serving, not retrieval). Per request: time to the first content chunk (TTFT,
-from sending the request) and the completion tokens the server reports. Per N: errors,
-requests/s and generated tokens/s over the whole wall time, TTFT p50/p99. One warm-up
-request runs first and is not counted.
+measures serving, not retrieval), greedy (temperature 0), fixed prompts and
+``max_tokens``. The server gets ``--parallel N`` slots, so N streams are decoded in one
+batch on the NumPy backend's engine (``--no-batch``: interleaved one at a time). Per
+request: time to the first content chunk (TTFT, from sending the request) and the
+completion tokens the server reports. Per N: errors, requests/s and generated tokens/s
+over the whole wall time, TTFT p50/p99, the mean batch the engine ran, and tokens/s
+against the one-client level. One warm-up request runs first and is not counted.
+
+``--peer-llama-server BIN``: the same clients against llama.cpp's ``llama-server`` on the
+same GGUF (``--peer-gguf``), started on loopback with ``--parallel`` (``--peer-parallel``,
+8) ``--cont-batching`` and as many threads as the engine uses. ``--save DIR`` writes the
+rows as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import List, Optional
 
 PROMPTS = ["Write a short poem about the sea.", "Explain what a rainbow is.", "Give three tips for sleeping well.",
@@ -26,11 +38,14 @@ PROMPTS = ["Write a short poem about the sea.", "Explain what a rainbow is.", "G
            "Tell me a fun fact about octopuses.", "How do plants make food?", "Name some uses of a paperclip."]
 
 
-def _one(url: str, i: int, max_tokens: int, memory: bool) -> dict:
+def _one(url: str, i: int, max_tokens: int, memory: Optional[bool]) -> dict:
+    """One streamed chat request; ``memory`` None: a peer server (no memory fields sent)."""
     import httpx
 
     body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens,
-            "stream": True, "stream_options": {"include_usage": True}, "memory": memory, "user": f"load{i % 4}"}
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    if memory is not None:
+        body.update(memory=memory, user=f"load{i % 4}")
     t0 = time.perf_counter()
     ttft, tokens = None, 0
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
@@ -62,7 +77,7 @@ def direct(model, tok, requests: int, max_tokens: int) -> dict:
         ttfts.append(last.ttft)
         tokens += last.generation_tokens
     wall = time.perf_counter() - t0
-    return {"clients": "direct", "requests": requests, "errors": 0, "wall_s": wall, "req_per_s": requests / wall,
+    return {"server": "direct", "clients": "direct", "requests": requests, "errors": 0, "wall_s": wall, "req_per_s": requests / wall,
             "tok_per_s": tokens / wall, "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": max(ttfts),
             "first_error": None, "parallel": "-"}
 
@@ -101,12 +116,68 @@ def grammar_overhead(tok, vocab: int, n_docs: int = 20) -> dict:
 
 
 def _line(row: dict) -> str:
-    return (f"clients {row['clients']!s:>6} (slots {row['parallel']}): {row['requests']} requests, {row['errors']} errors, "
-            f"{row['req_per_s']:.2f} req/s, {row['tok_per_s']:.1f} tok/s, TTFT p50 {row['ttft_p50_s']:.3f} s "
-            f"p99 {row['ttft_p99_s']:.3f} s" + (f"  first error: {row['first_error']}" if row["errors"] else ""))
+    extra = ""
+    if row.get("mean_batch"):
+        extra += f", mean batch {row['mean_batch']:.1f}"
+    if row.get("vs_one_client"):
+        extra += f", {row['vs_one_client']:.2f}x one client"
+    return (f"{row.get('server', 'synapse'):>12} clients {row['clients']!s:>6} (slots {row['parallel']}): "
+            f"{row['requests']} requests, {row['errors']} errors, {row['req_per_s']:.2f} req/s, "
+            f"{row['tok_per_s']:.1f} tok/s, TTFT p50 {row['ttft_p50_s']:.3f} s p99 {row['ttft_p99_s']:.3f} s{extra}"
+            + (f"  first error: {row['first_error']}" if row["errors"] else ""))
 
 
-def run_level(url: str, clients: int, requests: int, max_tokens: int, memory: bool) -> dict:
+def _ratios(rows: List[dict]) -> None:
+    """tok/s of each level against the same server's one-client level."""
+    for server in {r.get("server") for r in rows}:
+        one = next((r for r in rows if r.get("server") == server and r["clients"] == 1), None)
+        for r in rows:
+            if one and r.get("server") == server and one["tok_per_s"] > 0:
+                r["vs_one_client"] = r["tok_per_s"] / one["tok_per_s"]
+
+
+@contextlib.contextmanager
+def llama_server(binary: str, gguf: str, parallel: int, threads: int, timeout: float = 120.0):
+    """llama.cpp's server on a free loopback port (ours, killed at the end); yields its URL."""
+    import httpx
+
+    from mlx_synapse.server.live import free_port
+
+    if not Path(binary).is_file():
+        raise SystemExit(f"[server_load] --peer-llama-server {binary} is not a file; build llama.cpp's "
+                         "llama-server or drop the option.")
+    if not Path(gguf).is_file():
+        raise SystemExit(f"[server_load] --peer-gguf {gguf} is not a file.")
+    port = free_port()
+    cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "--parallel", str(parallel),
+           "--cont-batching", "-t", str(threads), "-tb", str(threads), "-c", str(2048 * parallel), "--log-disable"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"[server_load] llama-server exited with {proc.returncode}: "
+                                 f"{(proc.stderr.read() or '')[-300:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise SystemExit(f"[server_load] llama-server did not answer /health within {timeout:.0f} s")
+            time.sleep(0.2)
+        yield url, " ".join(cmd[1:])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_level(url: str, clients: int, requests: int, max_tokens: int, memory: Optional[bool]) -> dict:
     results: List[dict] = []
     lock = threading.Lock()
 
@@ -139,15 +210,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mlx_synapse.benchmarks.server_load", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "mlx", "numpy"))
-    p.add_argument("--clients", type=int, nargs="*", default=[1, 4], help="levels to run (none: skip the load)")
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 8], help="levels to run (none: skip the load)")
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--parallel", type=int, default=None, help="server slots (default: the number of clients)")
+    p.add_argument("--no-batch", action="store_true", help="decode the slots' streams one at a time (interleaved)")
     p.add_argument("--memory", action="store_true", help="chat through the memory bank (a fresh temporary one)")
     p.add_argument("--no-direct", action="store_true", help="skip the in-process baseline")
     p.add_argument("--grammar", action="store_true", help="also time structured output's mask per token")
+    p.add_argument("--peer-llama-server", default=None, metavar="BIN", help="also load llama.cpp's llama-server")
+    p.add_argument("--peer-gguf", default=str(Path.home() / ".cache/mlx_synapse/downloads/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    p.add_argument("--peer-parallel", type=int, default=8, help="llama-server's --parallel")
+    p.add_argument("--save", default=None, metavar="DIR", help="write the results as JSON under DIR")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    for name in ("requests", "max_tokens", "peer_parallel"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(n < 1 for n in args.clients):
+        p.error("--clients levels must be at least 1")
 
     import tempfile
 
@@ -158,6 +239,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from mlx_synapse.server.live import live
 
     model, tok = load(args.model, backend=args.backend)
+    eng = getattr(model, "engine", None) if getattr(model, "backend", "") == "numpy" else None
+    threads = eng.threads if eng is not None else (os.cpu_count() or 1)
     rows = []
     if args.grammar:
         vocab = int(getattr(getattr(model, "args", None), "vocab_size", 0) or len(tok.vocab))
@@ -177,18 +260,48 @@ def main(argv: Optional[List[str]] = None) -> int:
 
                 bank = MemoryBank(f"{tmp}/m{n}.db", backend=args.backend)
             cfg = ServerConfig(memory=args.memory, parallel=args.parallel or n, max_queue=max(16, n),
-                               default_max_tokens=args.max_tokens)
-            with live(create_app(model, tok, bank, cfg)) as url:
+                               default_max_tokens=args.max_tokens, batch=not args.no_batch)
+            app = create_app(model, tok, bank, cfg)
+            engine = app.state.synapse.engine
+            with live(app) as url:
                 _one(url, 0, 4, args.memory)  # warm-up, not counted
+                s0, r0 = engine.batched_steps, engine.batched_rows
                 row = run_level(url, n, args.requests, args.max_tokens, args.memory)
-            row["parallel"] = cfg.parallel
+                steps, batched = engine.batched_steps - s0, engine.batched_rows - r0
+            row.update(server="synapse", parallel=cfg.parallel, batched_steps=steps,
+                       mean_batch=batched / steps if steps else 0.0)
             rows.append(row)
             if not args.json:
                 print(_line(row), flush=True)
+    peer_cmd = None
+    if args.peer_llama_server and args.clients:
+        with llama_server(args.peer_llama_server, args.peer_gguf, args.peer_parallel, threads) as (url, peer_cmd):
+            _one(url, 0, 4, None)  # warm-up, not counted
+            for n in args.clients:
+                row = run_level(url, n, args.requests, args.max_tokens, None)
+                row.update(server="llama-server", parallel=args.peer_parallel)
+                rows.append(row)
+                if not args.json:
+                    print(_line(row), flush=True)
+    _ratios(rows)
+    for r in rows:
+        if r.get("vs_one_client") and r["clients"] != 1 and not args.json:
+            print(f"{r['server']}: {r['clients']} clients = {r['vs_one_client']:.2f}x the tokens/s of one", flush=True)
+    load_avg = os.getloadavg() if hasattr(os, "getloadavg") else None
     info = {"machine": machine(), "commit": commit(), "backend": getattr(model, "backend", "?"),
-            "max_tokens": args.max_tokens, "memory": args.memory, "rows": rows}
+            "engine": None if eng is None else {"threads": eng.threads, "simd": eng.simd},
+            "max_tokens": args.max_tokens, "requests_per_client": args.requests, "memory": args.memory,
+            "batch": not args.no_batch, "peer": peer_cmd, "load_average_after": load_avg,
+            "command": "python -m mlx_synapse.benchmarks.server_load " + " ".join(sys.argv[1:] if argv is None else argv),
+            "rows": rows}
+    if args.save:
+        out = Path(args.save)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"server_load_{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(json.dumps(info, indent=1))
+        print(f"saved {path}", flush=True)
     print(json.dumps(info, indent=1) if args.json else f"({info['machine']}, commit {info['commit']}, backend "
-                                                        f"{info['backend']})")
+                                                        f"{info['backend']}, load average after {load_avg})")
     return 0
 
 

@@ -15,8 +15,9 @@ against the one-client level. One warm-up request runs first and is not counted.
 
 ``--peer-llama-server BIN``: the same clients against llama.cpp's ``llama-server`` on the
 same GGUF (``--peer-gguf``), started on loopback with ``--parallel`` (``--peer-parallel``,
-8) ``--cont-batching`` and as many threads as the engine uses. ``--save DIR`` writes the
-rows as JSON.
+8) ``--cont-batching --no-repack`` and as many threads as the engine uses; its requests
+send ``cache_prompt: false`` (ours has no prompt cache). ``--save DIR`` writes the rows
+as JSON.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _one(url: str, i: int, max_tokens: int, memory: Optional[bool]) -> dict:
             "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
     if memory is not None:
         body.update(memory=memory, user=f"load{i % 4}")
+    else:  # llama-server: no reuse of an earlier request's prompt (ours has no prompt cache either)
+        body["cache_prompt"] = False
     t0 = time.perf_counter()
     ttft, tokens = None, 0
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
@@ -149,8 +152,12 @@ def llama_server(binary: str, gguf: str, parallel: int, threads: int, timeout: f
     if not Path(gguf).is_file():
         raise SystemExit(f"[server_load] --peer-gguf {gguf} is not a file.")
     port = free_port()
+    # --no-repack: on the Sapphire Rapids VM this was measured on, llama.cpp's AMX repacked matmul
+    # crashes (SIGSEGV in ggml_backend_amx_mul_mat) before the server answers; Q4_1 is not repacked
+    # for AVX-512 anyway, so the flag only turns the AMX path off.
     cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "--parallel", str(parallel),
-           "--cont-batching", "-t", str(threads), "-tb", str(threads), "-c", str(2048 * parallel), "--log-disable"]
+           "--cont-batching", "--no-repack", "-t", str(threads), "-tb", str(threads), "-c", str(2048 * parallel),
+           "--log-disable"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -85,6 +85,38 @@ def direct(model, tok, requests: int, max_tokens: int) -> dict:
             "first_error": None, "parallel": "-"}
 
 
+def engine_batches(model, sizes: List[int], context: int = 64, repeats: int = 5, steps: int = 4) -> List[dict]:
+    """The engine alone, no HTTP: decode steps of B sequences (``step_batch``, each its own
+    cache holding ``context`` prompt tokens) against one sequence's ``step``; best of
+    ``repeats`` timings of ``steps`` steps each, the sizes interleaved so that a change in
+    the machine's load hits them all alike."""
+    import numpy as np
+
+    eng = model.engine
+    rng = np.random.default_rng(0)
+
+    def caches(n):
+        out = []
+        for _ in range(n):
+            c = model.make_cache()
+            model.prefill(rng.integers(0, model.vocab_size, context), c)
+            out.append(c)
+        return out
+
+    one, sets = caches(1)[0], {b: caches(b) for b in sizes}
+    best = {b: float("inf") for b in [0] + list(sizes)}
+    for _ in range(repeats):
+        for b in best:
+            t = time.perf_counter()
+            for _ in range(steps):
+                eng.step(5, one) if b == 0 else eng.step_batch([5] * b, sets[b])
+            best[b] = min(best[b], (time.perf_counter() - t) / steps)
+    single = 1 / best[0]
+    return [{"batch": b, "ms_per_step": 1e3 * best[b], "tok_per_s": b / best[b], "vs_single": b / best[b] / single}
+            for b in sizes] + [{"batch": "single step", "ms_per_step": 1e3 * best[0], "tok_per_s": single,
+                                "vs_single": 1.0}]
+
+
 def grammar_overhead(tok, vocab: int, n_docs: int = 20) -> dict:
     """Microseconds per token that structured output adds: the llguidance processor fed a
     valid JSON document token by token (mask computed and applied to a (V,) row each
@@ -225,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--memory", action="store_true", help="chat through the memory bank (a fresh temporary one)")
     p.add_argument("--no-direct", action="store_true", help="skip the in-process baseline")
     p.add_argument("--grammar", action="store_true", help="also time structured output's mask per token")
+    p.add_argument("--engine-batches", type=int, nargs="*", default=[], metavar="B",
+                   help="also time the engine's batched decode step alone (no HTTP) at these batch sizes")
     p.add_argument("--peer-llama-server", default=None, metavar="BIN", help="also load llama.cpp's llama-server")
     p.add_argument("--peer-gguf", default=str(Path.home() / ".cache/mlx_synapse/downloads/SmolLM2-135M-Instruct.Q4_1.gguf"))
     p.add_argument("--peer-parallel", type=int, default=8, help="llama-server's --parallel")
@@ -254,6 +288,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         g = grammar_overhead(tok, vocab)
         print(f"structured output (llguidance, vocab {g['vocab']}): {g['us_per_token_p50']:.0f} us/token p50, "
               f"max {g['us_per_token_max']:.0f}; tokenizer setup {g['tokenizer_setup_s']:.2f} s once", flush=True)
+    batches = []
+    if args.engine_batches:
+        if eng is None or any(not 1 <= b <= 16 for b in args.engine_batches):
+            p.error("--engine-batches needs the NumPy backend's compiled engine and sizes 1 to 16")
+        batches = engine_batches(model, args.engine_batches)
+        for r in batches:
+            print(f"engine batch {r['batch']!s:>11}: {r['ms_per_step']:.1f} ms/step, {r['tok_per_s']:.1f} tok/s, "
+                  f"{r['vs_single']:.2f}x one sequence's step", flush=True)
     if not args.no_direct:
         direct(model, tok, 1, 4)  # warm-up
         rows.append(direct(model, tok, args.requests, args.max_tokens))
@@ -300,7 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "max_tokens": args.max_tokens, "requests_per_client": args.requests, "memory": args.memory,
             "batch": not args.no_batch, "peer": peer_cmd, "load_average_after": load_avg,
             "command": "python -m mlx_synapse.benchmarks.server_load " + " ".join(sys.argv[1:] if argv is None else argv),
-            "rows": rows}
+            "engine_batches": batches, "rows": rows}
     if args.save:
         out = Path(args.save)
         out.mkdir(parents=True, exist_ok=True)

@@ -173,3 +173,23 @@ def test_batch_off_and_one_slot_never_batch(tiny):
             assert httpx.get(url + "/health").json()["batched_steps"] == 0
         for i, r in enumerate(got):
             assert r["text"] == _alone(model, tok, TEXTS[i], 16)
+
+
+@pytest.mark.slow
+def test_default_model_eight_streams_batched_equal_alone():
+    """The default model (SmolLM2-135M-Instruct, 4-bit, NumPy backend + the C engine) behind
+    the server: eight concurrent greedy streams, each the core's own reply to its prompt,
+    decoded in batches (the load figures are benchmarks/server_load.py's)."""
+    from mlx_synapse.loader import load
+
+    model, tok = load(None, backend="numpy")
+    if model.engine is None:
+        pytest.skip(f"the compiled CPU engine is unavailable ({model.engine_status})")
+    app = create_app(model, tok, None, ServerConfig(memory=False, parallel=8, max_queue=8))
+    jobs = [(t, {"max_tokens": 24}) for t in TEXTS]
+    with live(app) as url:
+        got = _together(url, jobs)
+        health = httpx.get(url + "/health").json()
+    for (text, extra), r in zip(jobs, got):
+        assert r["text"] == _alone(model, tok, text, 24), text
+    assert health["batched_steps"] > 0 and health["batched_rows"] >= 4 * health["batched_steps"], health

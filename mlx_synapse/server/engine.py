@@ -19,7 +19,7 @@ over every waiting stream that is past its first decode step -- one read of the 
 for all of them -- and hands each its row; then it advances every waiting stream by one
 item, so that sampling, logits processors (repetition penalty, structured output, the
 memory copy bias), logprobs and stop strings stay per request, unchanged.  A new stream's
-prompt is read in the round it arrives in and it joins the batch from its second decode
+prompt is read in the round it arrives in and it joins the batch from its first decode
 step; a finished or abandoned stream simply stops asking.  Not batched (each runs its own
 steps, interleaved as before): MLX models, a model without the compiled engine, caches
 the engine does not take; a batched step that fails falls back to separate steps.
@@ -41,8 +41,8 @@ _DONE = object()
 class StreamModel:
     """The model as one stream's generation sees it: every attribute is the model's, but a
     decode step the engine has already computed in a batch for this stream is handed back
-    instead of recomputed.  It remembers the cache its steps run on (from the first step,
-    which runs alone), so the engine can batch the next ones."""
+    instead of recomputed.  It remembers the cache the generation makes (or, failing that,
+    the one its first step runs on), so the engine can batch its steps from the first."""
 
     def __init__(self, model):
         self._model = model
@@ -51,6 +51,10 @@ class StreamModel:
 
     def __getattr__(self, name):
         return getattr(self._model, name)
+
+    def make_cache(self, *args, **kwargs):
+        self.cache = self._model.make_cache(*args, **kwargs)
+        return self.cache
 
     def step_logits(self, token: int, cache):
         pending, self.pending = self.pending, None

@@ -424,7 +424,8 @@ static inline __attribute__((always_inline)) void dot_q8_n(const uint8_t *q, con
 
 /* y[i * ldy + r - r0] = (W x_i)[r] for the B vectors a[0..B) and rows r0 <= r < r1: for each
    row, every vector's dot product (the row stays in L1 between them); bit-identical to
-   matvec_rows on each vector alone.  sd: room for MB * (K / 32) floats (the block factors). */
+   matvec_rows on each vector alone.  sd: room for (MB + 16) * (K / 32 + 1) floats (the block
+   factors, then the block sums laid out vector-minor). */
 static void matvec_rows_multi(const Mat *m, const Act *a, int B, int r0, int r1, float *y, size_t ldy, float *sd) {
     const int K = m->K;
     if (m->kind == KIND_F32) {
@@ -437,6 +438,42 @@ static void matvec_rows_multi(const Mat *m, const Act *a, int B, int r0, int r1,
     const uint8_t *w = (const uint8_t *)m->w;
     const size_t rb = m->kind == KIND_Q4 ? (size_t)K / 2 : (size_t)K;
     float v[MB];
+#if defined(USE_AVX512)
+    /* bias_term's sums, MB vectors side by side per block, so that one 8-lane multiply and add per
+       block runs MB running sums at once, each in bias_term's order (a multiply, then an add) */
+    float *sumT = sd + (size_t)MB * (nblk + 1); /* (chunk, block, MB) */
+    for (int i0 = 0; i0 < B; i0 += MB)
+        for (int k = 0; k < nblk; k++)
+            for (int i = 0; i < MB; i++)
+                sumT[((size_t)(i0 / MB) * nblk + k) * MB + i] = i0 + i < B ? a[i0 + i].sum[k] : 0.f;
+    for (int r = r0; r < r1; r++) {
+        const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng;
+        for (int i0 = 0; i0 < B; i0 += MB) {
+            const int n = B - i0 < MB ? B - i0 : MB;
+            for (int i = 0; i < n; i++) {
+                const float *dx = a[i0 + i].d;
+                float *o = sd + (size_t)i * nblk;
+                if (m->gshift == 0)
+                    for (int k = 0; k < nblk; k++) o[k] = s[k] * dx[k];
+                else
+                    for (int k = 0; k < nblk; k++) o[k] = s[k >> m->gshift] * dx[k];
+            }
+            if (m->kind == KIND_Q4) {
+                DOT_N(dot_q4_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
+            } else {
+                DOT_N(dot_q8_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
+            }
+            const float *st = sumT + (size_t)(i0 / MB) * nblk * MB;
+            __m256 acc = _mm256_setzero_ps();
+            for (int k = 0; k < nblk; k++)
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(b[k >> m->gshift]), _mm256_loadu_ps(st + k * MB)));
+            float bt[MB];
+            _mm256_storeu_ps(bt, acc);
+            for (int i = 0; i < n; i++) y[(i0 + i) * ldy + (r - r0)] = v[i] + bt[i];
+        }
+    }
+    return;
+#endif
     for (int r = r0; r < r1; r++) {
         const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng;
         for (int i0 = 0; i0 < B; i0 += MB) {
@@ -949,7 +986,7 @@ static int batch_reserve(Model *m, int B) {
     for (int t = 0; t < m->nth; t++) {
         Scratch *s = &m->scr[t];
         free(s->bxn), free(s->bq), free(s->bd), free(s->bsum), free(s->btmp), free(s->bsd);
-        s->bsd = (float *)calloc((size_t)MB * nb, sizeof(float));
+        s->bsd = (float *)calloc((size_t)(MB + 16) * (nb + 1), sizeof(float)); /* sd, then 16 vectors' sums */
         s->bxn = (float *)calloc((size_t)B * big, sizeof(float));
         s->bq = (int16_t *)calloc((size_t)B * big, sizeof(int16_t));
         s->bd = (float *)calloc((size_t)B * nb, sizeof(float));

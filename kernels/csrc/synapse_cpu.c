@@ -446,8 +446,25 @@ static void matvec_rows_multi(const Mat *m, const Act *a, int B, int r0, int r1,
         for (int k = 0; k < nblk; k++)
             for (int i = 0; i < MB; i++)
                 sumT[((size_t)(i0 / MB) * nblk + k) * MB + i] = i0 + i < B ? a[i0 + i].sum[k] : 0.f;
+    float bt[4][2 * MB]; /* the bias terms of 4 rows, for up to 16 vectors */
     for (int r = r0; r < r1; r++) {
-        const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng;
+        const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng; /* b: rows r.. for the chains */
+        if ((r - r0) % 4 == 0) { /* 4 rows' chains at once: independent adds, no waiting on each one's latency */
+            const int nr = r1 - r < 4 ? r1 - r : 4;
+            for (int i0 = 0; i0 < B; i0 += MB) {
+                const float *st = sumT + (size_t)(i0 / MB) * nblk * MB;
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int k = 0; k < nblk; k++) {
+                    const __m256 sk = _mm256_loadu_ps(st + k * MB);
+                    for (int j = 0; j < nr; j++)
+                        acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(b[(size_t)j * ng + (k >> m->gshift)]), sk));
+                }
+                for (int j = 0; j < nr; j++) _mm256_storeu_ps(&bt[j][i0], acc[j]);
+            }
+        }
+        /* the next rows' codes on their way while this row's products run */
+        if (r + 2 < r1)
+            for (size_t off = 0; off < rb; off += 64) _mm_prefetch((const char *)(w + (r + 2) * rb + off), _MM_HINT_T0);
         for (int i0 = 0; i0 < B; i0 += MB) {
             const int n = B - i0 < MB ? B - i0 : MB;
             for (int i = 0; i < n; i++) {
@@ -463,13 +480,7 @@ static void matvec_rows_multi(const Mat *m, const Act *a, int B, int r0, int r1,
             } else {
                 DOT_N(dot_q8_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
             }
-            const float *st = sumT + (size_t)(i0 / MB) * nblk * MB;
-            __m256 acc = _mm256_setzero_ps();
-            for (int k = 0; k < nblk; k++)
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(b[k >> m->gshift]), _mm256_loadu_ps(st + k * MB)));
-            float bt[MB];
-            _mm256_storeu_ps(bt, acc);
-            for (int i = 0; i < n; i++) y[(i0 + i) * ldy + (r - r0)] = v[i] + bt[i];
+            for (int i = 0; i < n; i++) y[(i0 + i) * ldy + (r - r0)] = v[i] + bt[(r - r0) % 4][i0 + i];
         }
     }
     return;

@@ -192,20 +192,25 @@ class Engine:
 
     async def _run_rounds(self) -> None:
         """Rounds while any stream waits.  Between rounds the consumers that just got an item
-        send it and ask for the next; a few passes of the event loop let them, so the next
-        round carries them all (a slow consumer is not waited for)."""
+        send it and ask for the next; the next round waits for them, for at most a tenth of a
+        round (20 ms at most), so that it carries them all: a stream that misses a round
+        loses a whole round, a slow consumer is not waited for longer."""
+        loop = asyncio.get_running_loop()
+        round_s = 0.0
         while True:
-            for _ in range(50):
-                if all(s.waiting() for s in self._streams):
-                    break
-                await asyncio.sleep(0)
+            deadline, spins = loop.time() + min(0.02, 0.1 * round_s), 0
+            while not all(s.waiting() for s in self._streams) and (spins < 50 or loop.time() < deadline):
+                await asyncio.sleep(0 if spins < 50 else 0.0005)
+                spins += 1
             ready = [s for s in self._streams if s.waiting()]
             if not ready:
                 return
+            t0 = loop.time()
             try:
                 results = await self.call(self._round, ready)
             except Exception as e:  # the worker is gone (shutdown): no consumer may wait forever
                 results = [(False, e)] * len(ready)
+            round_s = loop.time() - t0
             for s, (ok, value) in zip(ready, results):
                 if s.waiting():
                     if ok:

@@ -15,8 +15,8 @@ the generation at the next token.
 Continuous batching (NumPy backend on the compiled engine, ``batch=True``): a stream
 whose generator runs on a :class:`StreamModel` joins the batch.  Each round (one executor
 call, :meth:`Engine._round`) first runs one :meth:`~mlx_synapse.backends.numpy.engine.DecodeEngine.step_batch`
-over every waiting stream that is past its first decode step -- one read of the weights
-for all of them -- and hands each its row; then it advances every waiting stream by one
+over every waiting stream whose prompt has been read -- one read of the weights for all
+of them -- and hands each its row; then it advances every waiting stream by one
 item, so that sampling, logits processors (repetition penalty, structured output, the
 memory copy bias), logprobs and stop strings stay per request, unchanged.  A new stream's
 prompt is read in the round it arrives in and it joins the batch from its first decode
@@ -158,8 +158,12 @@ class Engine:
         there when the consumer stops early (a disconnect cancels this coroutine).
         ``model``: the :class:`StreamModel` ``gen`` runs on, to batch its decode steps."""
         if isinstance(model, StreamModel):
-            async for item in self._iterate_batched(gen, model):
-                yield item
+            inner = self._iterate_batched(gen, model)
+            try:
+                async for item in inner:
+                    yield item
+            finally:  # at once, not when the inner generator is collected: the stream leaves the batch
+                await inner.aclose()
             return
         try:
             while True:

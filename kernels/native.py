@@ -45,7 +45,7 @@ import numpy as np
 KIND_F32, KIND_Q4, KIND_Q8 = 0, 1, 2
 BLOCK = 32
 PLANE_QMAX = np.float32(32639)  # the prefill GEMM's activation scale: max|v| / PLANE_QMAX
-ABI_VERSION = 2
+ABI_VERSION = 3
 SOURCE = Path(__file__).with_name("csrc") / "synapse_cpu.c"
 
 _lock = threading.Lock()
@@ -120,6 +120,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "syn_set_cache": ([vp, i, fp, fp, i], i),
         "syn_set_lora": ([vp, i, i, i, fp, fp], i),
         "syn_decode": ([vp, i, i, i, fp, fp, fp], i),
+        "syn_decode_batch": ([vp, i, ip, ip, ip, fp, fp, vp, ip, fp], i),
         "syn_matvec": ([vp, i, i, i, i, vp, fp, fp, fp, fp], i),
         "syn_quantize_act": ([fp, i, ip, fp, fp], None),
         "syn_read_words": ([vp, vp, ctypes.c_size_t], ctypes.c_uint64),

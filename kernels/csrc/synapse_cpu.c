@@ -60,7 +60,7 @@
 #define KIND_F32 0
 #define KIND_Q4 1
 #define KIND_Q8 2
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 int syn_abi_version(void) { return ABI_VERSION; }
 
@@ -343,6 +343,178 @@ static void matvec_rows(const Mat *m, const Act *a, int r0, int r1, float *y) {
     }
 }
 
+/* ---- the same dot products for several activation vectors (batched decode) ----
+ * For each of n vectors, exactly the operations of dot_q4 / dot_q8 in the same order, so
+ * each result is bit-identical to the single-vector kernel's; the weight block is loaded
+ * and widened once for all n (the weights are read once per step, not once per sequence). */
+#define MB 8 /* vectors per pass: 2 MB accumulators + the widened weights fit in 32 registers */
+
+#if defined(USE_AVX512)
+/* sd[i * ldsd + b]: vector i's block factor s[b >> gshift] * d_i[b], the very product dot_q4 forms */
+static inline __attribute__((always_inline)) void dot_q4_n(const uint8_t *q, const float *sd, int ldsd, int nblk,
+                                                          const Act *a, const int n, float *out) {
+    __m512 acc0[MB], acc1[MB];
+    for (int i = 0; i < n; i++) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    int b = 0;
+    for (; b + 1 < nblk; b += 2) {
+        __m256i p = _mm256_loadu_si256((const __m256i *)(q + 16 * b));
+        __m256i lo = _mm256_and_si256(p, _mm256_set1_epi8(0x0F));
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), _mm256_set1_epi8(0x0F));
+        __m512i e0 = _mm512_cvtepu8_epi16(_mm256_permute2x128_si256(lo, hi, 0x20));
+        __m512i e1 = _mm512_cvtepu8_epi16(_mm256_permute2x128_si256(lo, hi, 0x31));
+        for (int i = 0; i < n; i++) {
+            __m512i p0 = _mm512_madd_epi16(e0, _mm512_loadu_si512(a[i].q + BLK * b));
+            __m512i p1 = _mm512_madd_epi16(e1, _mm512_loadu_si512(a[i].q + BLK * (b + 1)));
+            acc0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_set1_ps(sd[i * ldsd + b]), acc0[i]);
+            acc1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_set1_ps(sd[i * ldsd + b + 1]), acc1[i]);
+        }
+    }
+    for (; b < nblk; b++) {
+        __m128i p = _mm_loadu_si128((const __m128i *)(q + 16 * b));
+        __m128i lo = _mm_and_si128(p, m4);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(p, 4), m4);
+        __m512i e = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+        for (int i = 0; i < n; i++) {
+            __m512i pr = _mm512_madd_epi16(e, _mm512_loadu_si512(a[i].q + BLK * b));
+            acc0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), _mm512_set1_ps(sd[i * ldsd + b]), acc0[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
+}
+
+static inline __attribute__((always_inline)) void dot_q8_n(const uint8_t *q, const float *sd, int ldsd, int nblk,
+                                                          const Act *a, const int n, float *out) {
+    __m512 acc0[MB], acc1[MB];
+    for (int i = 0; i < n; i++) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    int b = 0;
+    for (; b + 1 < nblk; b += 2) {
+        __m512i e0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + BLK * b)));
+        __m512i e1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + BLK * (b + 1))));
+        for (int i = 0; i < n; i++) {
+            __m512i p0 = _mm512_madd_epi16(e0, _mm512_loadu_si512(a[i].q + BLK * b));
+            __m512i p1 = _mm512_madd_epi16(e1, _mm512_loadu_si512(a[i].q + BLK * (b + 1)));
+            acc0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_set1_ps(sd[i * ldsd + b]), acc0[i]);
+            acc1[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_set1_ps(sd[i * ldsd + b + 1]), acc1[i]);
+        }
+    }
+    for (; b < nblk; b++) {
+        __m512i e = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + BLK * b)));
+        for (int i = 0; i < n; i++) {
+            __m512i pr = _mm512_madd_epi16(e, _mm512_loadu_si512(a[i].q + BLK * b));
+            acc0[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), _mm512_set1_ps(sd[i * ldsd + b]), acc0[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
+}
+
+/* n (1..MB) vectors: a constant n per call site lets the compiler keep the accumulators in registers */
+#define DOT_N(fn, q, sd, ldsd, nblk, a, n, out)                   \
+    switch (n) {                                                   \
+    case 1: fn(q, sd, ldsd, nblk, a, 1, out); break;               \
+    case 2: fn(q, sd, ldsd, nblk, a, 2, out); break;               \
+    case 3: fn(q, sd, ldsd, nblk, a, 3, out); break;               \
+    case 4: fn(q, sd, ldsd, nblk, a, 4, out); break;               \
+    case 5: fn(q, sd, ldsd, nblk, a, 5, out); break;               \
+    case 6: fn(q, sd, ldsd, nblk, a, 6, out); break;               \
+    case 7: fn(q, sd, ldsd, nblk, a, 7, out); break;               \
+    default: fn(q, sd, ldsd, nblk, a, MB, out); break;             \
+    }
+#endif
+
+/* y[i * ldy + r - r0] = (W x_i)[r] for the B vectors a[0..B) and rows r0 <= r < r1: for each
+   row, every vector's dot product (the row stays in L1 between them); bit-identical to
+   matvec_rows on each vector alone.  sd: room for (MB + 16) * (K / 32 + 1) floats (the block
+   factors, then the block sums laid out vector-minor). */
+static void matvec_rows_multi(const Mat *m, const Act *a, int B, int r0, int r1, float *y, size_t ldy, float *sd) {
+    const int K = m->K;
+    if (m->kind == KIND_F32) {
+        const float *w = (const float *)m->w;
+        for (int r = r0; r < r1; r++)
+            for (int i = 0; i < B; i++) y[i * ldy + (r - r0)] = dot_f32(w + (size_t)r * K, a[i].f, K);
+        return;
+    }
+    const int nblk = K / BLK, ng = nblk >> m->gshift;
+    const uint8_t *w = (const uint8_t *)m->w;
+    const size_t rb = m->kind == KIND_Q4 ? (size_t)K / 2 : (size_t)K;
+    float v[MB];
+#if defined(USE_AVX512)
+    /* bias_term's sums, MB vectors side by side per block, so that one 8-lane multiply and add per
+       block runs MB running sums at once, each in bias_term's order (a multiply, then an add) */
+    float *sumT = sd + (size_t)MB * (nblk + 1); /* (chunk, block, MB) */
+    for (int i0 = 0; i0 < B; i0 += MB)
+        for (int k = 0; k < nblk; k++)
+            for (int i = 0; i < MB; i++)
+                sumT[((size_t)(i0 / MB) * nblk + k) * MB + i] = i0 + i < B ? a[i0 + i].sum[k] : 0.f;
+    float bt[4][2 * MB]; /* the bias terms of 4 rows, for up to 16 vectors */
+    for (int r = r0; r < r1; r++) {
+        const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng; /* b: rows r.. for the chains */
+        if ((r - r0) % 4 == 0) { /* 4 rows' chains at once: independent adds, no waiting on each one's latency */
+            const int nr = r1 - r < 4 ? r1 - r : 4;
+            for (int i0 = 0; i0 < B; i0 += MB) {
+                const float *st = sumT + (size_t)(i0 / MB) * nblk * MB;
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int k = 0; k < nblk; k++) {
+                    const __m256 sk = _mm256_loadu_ps(st + k * MB);
+                    for (int j = 0; j < nr; j++)
+                        acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(b[(size_t)j * ng + (k >> m->gshift)]), sk));
+                }
+                for (int j = 0; j < nr; j++) _mm256_storeu_ps(&bt[j][i0], acc[j]);
+            }
+        }
+        /* the next rows' codes on their way while this row's products run */
+        if (r + 2 < r1)
+            for (size_t off = 0; off < rb; off += 64) _mm_prefetch((const char *)(w + (r + 2) * rb + off), _MM_HINT_T0);
+        for (int i0 = 0; i0 < B; i0 += MB) {
+            const int n = B - i0 < MB ? B - i0 : MB;
+            for (int i = 0; i < n; i++) {
+                const float *dx = a[i0 + i].d;
+                float *o = sd + (size_t)i * nblk;
+                if (m->gshift == 0)
+                    for (int k = 0; k < nblk; k++) o[k] = s[k] * dx[k];
+                else
+                    for (int k = 0; k < nblk; k++) o[k] = s[k >> m->gshift] * dx[k];
+            }
+            if (m->kind == KIND_Q4) {
+                DOT_N(dot_q4_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
+            } else {
+                DOT_N(dot_q8_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
+            }
+            for (int i = 0; i < n; i++) y[(i0 + i) * ldy + (r - r0)] = v[i] + bt[(r - r0) % 4][i0 + i];
+        }
+    }
+    return;
+#endif
+    for (int r = r0; r < r1; r++) {
+        const float *s = m->s + (size_t)r * ng, *b = m->b + (size_t)r * ng;
+        for (int i0 = 0; i0 < B; i0 += MB) {
+            const int n = B - i0 < MB ? B - i0 : MB;
+#if defined(USE_AVX512)
+            for (int i = 0; i < n; i++) {
+                const float *dx = a[i0 + i].d;
+                float *o = sd + (size_t)i * nblk;
+                if (m->gshift == 0)
+                    for (int k = 0; k < nblk; k++) o[k] = s[k] * dx[k];
+                else
+                    for (int k = 0; k < nblk; k++) o[k] = s[k >> m->gshift] * dx[k];
+            }
+            if (m->kind == KIND_Q4) {
+                DOT_N(dot_q4_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
+            } else {
+                DOT_N(dot_q8_n, w + r * rb, sd, nblk, nblk, a + i0, n, v)
+            }
+#else
+            (void)sd;
+            for (int i = 0; i < n; i++)
+                v[i] = m->kind == KIND_Q4 ? dot_q4(w + r * rb, s, nblk, m->gshift, a[i0 + i].q, a[i0 + i].d)
+                                          : dot_q8(w + r * rb, s, nblk, m->gshift, a[i0 + i].q, a[i0 + i].d);
+#endif
+            for (int i = 0; i < n; i++)
+                y[(i0 + i) * ldy + (r - r0)] = v[i] + bias_term(b, a[i0 + i].sum, nblk, m->gshift);
+        }
+    }
+}
+
 /* --------------------------------------------------------------- thread pool */
 
 typedef void (*job_fn)(void *ctx, int tid, int nth);
@@ -489,6 +661,9 @@ typedef struct {
     int lt_cap;
     float *scores; /* attention scores, cap */
     int scores_cap;
+    /* batched decode: per sequence its own xn / codes / block scales and sums; tmp for B rows */
+    float *bxn, *bd, *bsum, *btmp, *bsd;
+    int16_t *bq;
 } Scratch;
 
 typedef struct {
@@ -510,6 +685,14 @@ typedef struct {
     int token, slot, T;
     const float *cos, *sin;
     float *logits;
+    /* batched decode (syn_decode_batch): B rows of x, qkv, att, act, grown to bcap */
+    int bcap;
+    float *bx, *bqkv, *batt, *bact;
+    int B;
+    const int32_t *btok, *bslot, *bT, *bcapk; /* (B), (B), (B), (B, nl) */
+    const float *bcos, *bsin;                 /* (B, d) */
+    float *const *bkv;                        /* (B, nl, 2): each sequence's key and value buffers */
+    float *blogits;                           /* (B, V) */
 } Model;
 
 void syn_free(Model *m);
@@ -553,7 +736,9 @@ void syn_free(Model *m) {
     for (int t = 0; m->scr && t < m->nth; t++) {
         Scratch *s = &m->scr[t];
         free(s->xn), free(s->q), free(s->d), free(s->sum), free(s->tmp), free(s->scores), free(s->lt);
+        free(s->bxn), free(s->bq), free(s->bd), free(s->bsum), free(s->btmp), free(s->bsd);
     }
+    free(m->bx), free(m->bqkv), free(m->batt), free(m->bact);
     free(m->pq), free(m->pd), free(m->psum);
     free(m->scr), free(m->layers), free(m->x), free(m->qkv), free(m->att), free(m->act);
     free(m);
@@ -661,46 +846,52 @@ static void head_norm(float *v, const float *w, int d, float eps) {
     for (int i = 0; i < d; i++) v[i] = v[i] * r * w[i];
 }
 
-static void attend(Model *m, Layer *L, int tid, int nth, Scratch *s) {
-    const int d = m->d, nh = m->nh, nkv = m->nkv, g = nh / nkv, T = m->T;
+/* kv head h of one sequence: its key (rotated) and value stored at `slot` of the layer's cache
+   kc/vc (nkv, cap, d), then each of its query heads attends over slots [0, T) into att */
+static void attend_head(const Model *m, const Layer *L, float *qkv, float *att, float *kc0, float *vc0, int cap,
+                        int slot, int T, const float *cos, const float *sin, int h, Scratch *s) {
+    const int d = m->d, nh = m->nh, nkv = m->nkv, g = nh / nkv;
     float rtmp[512];
-    int h0, h1;
-    split(nkv, tid, nth, 1, &h0, &h1);
-    for (int h = h0; h < h1; h++) {
-        float *k = m->qkv + (size_t)(nh + h) * d, *v = m->qkv + (size_t)(nh + nkv + h) * d;
-        if (L->qk_norm) head_norm(k, L->qk_norm + (size_t)(nh + h) * d, d, m->eps);
-        rope(k, m->cos, m->sin, m->perm, d, rtmp);
-        float *kc = L->kc + (size_t)h * L->cap * d, *vc = L->vc + (size_t)h * L->cap * d;
-        memcpy(kc + (size_t)m->slot * d, k, (size_t)d * sizeof(float));
-        memcpy(vc + (size_t)m->slot * d, v, (size_t)d * sizeof(float));
-        for (int j = 0; j < g; j++) {
-            int qh = h * g + j;
-            float *q = m->qkv + (size_t)qh * d;
-            if (L->qk_norm) head_norm(q, L->qk_norm + (size_t)qh * d, d, m->eps);
-            rope(q, m->cos, m->sin, m->perm, d, rtmp);
-            float *sc = s->scores, mx = -INFINITY;
-            for (int t = 0; t < T; t++) {
-                float v2 = dot_f32(kc + (size_t)t * d, q, d);
-                sc[t] = v2;
-                mx = v2 > mx ? v2 : mx;
-            }
-            float den = 0.f;
-#pragma omp simd reduction(+ : den)
-            for (int t = 0; t < T; t++) {
-                sc[t] = exp_neg(sc[t] - mx);
-                den += sc[t];
-            }
-            float *o = m->att + (size_t)qh * d;
-            for (int i = 0; i < d; i++) o[i] = 0.f;
-            for (int t = 0; t < T; t++) {
-                const float *vr = vc + (size_t)t * d;
-                float p = sc[t];
-                for (int i = 0; i < d; i++) o[i] += p * vr[i];
-            }
-            float inv = 1.f / den;
-            for (int i = 0; i < d; i++) o[i] *= inv;
+    float *k = qkv + (size_t)(nh + h) * d, *v = qkv + (size_t)(nh + nkv + h) * d;
+    if (L->qk_norm) head_norm(k, L->qk_norm + (size_t)(nh + h) * d, d, m->eps);
+    rope(k, cos, sin, m->perm, d, rtmp);
+    float *kc = kc0 + (size_t)h * cap * d, *vc = vc0 + (size_t)h * cap * d;
+    memcpy(kc + (size_t)slot * d, k, (size_t)d * sizeof(float));
+    memcpy(vc + (size_t)slot * d, v, (size_t)d * sizeof(float));
+    for (int j = 0; j < g; j++) {
+        int qh = h * g + j;
+        float *q = qkv + (size_t)qh * d;
+        if (L->qk_norm) head_norm(q, L->qk_norm + (size_t)qh * d, d, m->eps);
+        rope(q, cos, sin, m->perm, d, rtmp);
+        float *sc = s->scores, mx = -INFINITY;
+        for (int t = 0; t < T; t++) {
+            float v2 = dot_f32(kc + (size_t)t * d, q, d);
+            sc[t] = v2;
+            mx = v2 > mx ? v2 : mx;
         }
+        float den = 0.f;
+#pragma omp simd reduction(+ : den)
+        for (int t = 0; t < T; t++) {
+            sc[t] = exp_neg(sc[t] - mx);
+            den += sc[t];
+        }
+        float *o = att + (size_t)qh * d;
+        for (int i = 0; i < d; i++) o[i] = 0.f;
+        for (int t = 0; t < T; t++) {
+            const float *vr = vc + (size_t)t * d;
+            float p = sc[t];
+            for (int i = 0; i < d; i++) o[i] += p * vr[i];
+        }
+        float inv = 1.f / den;
+        for (int i = 0; i < d; i++) o[i] *= inv;
     }
+}
+
+static void attend(Model *m, Layer *L, int tid, int nth, Scratch *s) {
+    int h0, h1;
+    split(m->nkv, tid, nth, 1, &h0, &h1);
+    for (int h = h0; h < h1; h++)
+        attend_head(m, L, m->qkv, m->att, L->kc, L->vc, L->cap, m->slot, m->T, m->cos, m->sin, h, s);
 }
 
 /* g * sigmoid(g) with one exp of -|g| (never overflows) */
@@ -778,6 +969,178 @@ int syn_decode(Model *m, int token, int slot, int T, const float *cos, const flo
         if (!m->layers[l].kc || slot >= m->layers[l].cap || T > m->layers[l].cap) return -2;
     m->token = token, m->slot = slot, m->T = T, m->cos = cos, m->sin = sin, m->logits = logits;
     pool_run(m->pool, decode_body, m, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------ batched decode
+ * One step of B sequences, each its own token, position and KV cache: every matrix
+ * is read once for all of them (matvec_rows_multi), attention runs per sequence over
+ * its own cache (units of (sequence, kv head) split between threads).  Each
+ * sequence's arithmetic is exactly decode_body's, so its logits are bit-identical to
+ * syn_decode's for that sequence alone. */
+
+static int bigdim(const Model *m) {
+    int big = m->H > m->inter ? m->H : m->inter;
+    return m->nh * m->d > big ? m->nh * m->d : big;
+}
+
+/* grow the batch buffers to B sequences; 0 or -3 */
+static int batch_reserve(Model *m, int B) {
+    if (B <= m->bcap) return 0;
+    const int H = m->H, big = bigdim(m), nqkv = (m->nh + 2 * m->nkv) * m->d, nb = big / BLK + 1;
+    free(m->bx), free(m->bqkv), free(m->batt), free(m->bact);
+    m->bx = (float *)calloc((size_t)B * H, sizeof(float));
+    m->bqkv = (float *)calloc((size_t)B * nqkv, sizeof(float));
+    m->batt = (float *)calloc((size_t)B * m->nh * m->d, sizeof(float));
+    m->bact = (float *)calloc((size_t)B * m->inter, sizeof(float));
+    int bad = !m->bx || !m->bqkv || !m->batt || !m->bact;
+    for (int t = 0; t < m->nth; t++) {
+        Scratch *s = &m->scr[t];
+        free(s->bxn), free(s->bq), free(s->bd), free(s->bsum), free(s->btmp), free(s->bsd);
+        s->bsd = (float *)calloc((size_t)(MB + 16) * (nb + 1), sizeof(float)); /* sd, then 16 vectors' sums */
+        s->bxn = (float *)calloc((size_t)B * big, sizeof(float));
+        s->bq = (int16_t *)calloc((size_t)B * big, sizeof(int16_t));
+        s->bd = (float *)calloc((size_t)B * nb, sizeof(float));
+        s->bsum = (float *)calloc((size_t)B * nb, sizeof(float));
+        s->btmp = (float *)calloc((size_t)B * 2 * big, sizeof(float));
+        bad |= !s->bxn || !s->bq || !s->bd || !s->bsum || !s->btmp || !s->bsd;
+    }
+    m->bcap = bad ? 0 : B;
+    return bad ? -3 : 0;
+}
+
+/* sequence i's activation form of v (n floats) in thread scratch, as prep does */
+static void prep_b(const Model *m, Scratch *s, int i, const float *v, int n, int kind, Act *a) {
+    const int big = bigdim(m), nb = big / BLK + 1;
+    float *xn = s->bxn + (size_t)i * big;
+    if (v != xn) memcpy(xn, v, (size_t)n * sizeof(float));
+    a->f = xn;
+    a->q = s->bq + (size_t)i * big, a->d = s->bd + (size_t)i * nb, a->sum = s->bsum + (size_t)i * nb;
+    if (kind != KIND_F32) quantize_act(xn, n, a->q, a->d, a->sum);
+}
+
+static void decode_batch_body(void *ctx, int tid, int nth) {
+    Model *m = (Model *)ctx;
+    Pool *p = m->pool;
+    Scratch *s = &m->scr[tid];
+    int sense = atomic_load(&p->bar_sense);
+    const int H = m->H, I = m->inter, d = m->d, B = m->B, nl = m->nl, big = bigdim(m);
+    const int nqkv = (m->nh + 2 * m->nkv) * d, natt = m->nh * d;
+    Act a[16];
+    int r0, r1;
+
+    if (tid == 0)
+        for (int i = 0; i < B; i++) memcpy(m->bx + (size_t)i * H, m->embed + (size_t)m->btok[i] * H, (size_t)H * sizeof(float));
+    barrier(p, &sense);
+
+    for (int l = 0; l < nl; l++) {
+        Layer *L = &m->layers[l];
+        /* qkv */
+        split(L->qkv.N, tid, nth, 16, &r0, &r1);
+        for (int i = 0; i < B; i++) {
+            float *xn = s->bxn + (size_t)i * big;
+            rms_to(m->bx + (size_t)i * H, L->ln1, H, m->eps, xn);
+            prep_b(m, s, i, xn, H, L->qkv.kind, &a[i]);
+        }
+        matvec_rows_multi(&L->qkv, a, B, r0, r1, m->bqkv + r0, (size_t)nqkv, s->bsd);
+        for (int i = 0; i < B; i++) {
+            float *y = m->bqkv + (size_t)i * nqkv;
+            lora_rows(L, 0, H, a[i].f, s, r0, r1, y + r0);
+            if (L->b_qkv)
+                for (int r = r0; r < r1; r++) y[r] += L->b_qkv[r];
+        }
+        barrier(p, &sense);
+        /* attention: (sequence, kv head) units */
+        split(B * m->nkv, tid, nth, 1, &r0, &r1);
+        for (int u = r0; u < r1; u++) {
+            const int i = u / m->nkv, h = u % m->nkv;
+            float *const *kv = m->bkv + ((size_t)i * nl + l) * 2;
+            attend_head(m, L, m->bqkv + (size_t)i * nqkv, m->batt + (size_t)i * natt, kv[0], kv[1],
+                        m->bcapk[(size_t)i * nl + l], m->bslot[i], m->bT[i], m->bcos + (size_t)i * d,
+                        m->bsin + (size_t)i * d, h, s);
+        }
+        barrier(p, &sense);
+        /* o + residual */
+        split(H, tid, nth, 16, &r0, &r1);
+        for (int i = 0; i < B; i++) prep_b(m, s, i, m->batt + (size_t)i * natt, natt, L->o.kind, &a[i]);
+        matvec_rows_multi(&L->o, a, B, r0, r1, s->btmp, (size_t)2 * big, s->bsd);
+        for (int i = 0; i < B; i++) {
+            float *t = s->btmp + (size_t)i * 2 * big, *x = m->bx + (size_t)i * H;
+            lora_rows(L, 1, natt, a[i].f, s, r0, r1, t);
+            for (int r = r0; r < r1; r++) x[r] += t[r - r0] + (L->b_o ? L->b_o[r] : 0.f);
+        }
+        barrier(p, &sense);
+        /* gate|up -> silu(gate) * up */
+        split(I, tid, nth, BLK, &r0, &r1);
+        for (int i = 0; i < B; i++) {
+            float *xn = s->bxn + (size_t)i * big;
+            rms_to(m->bx + (size_t)i * H, L->ln2, H, m->eps, xn);
+            prep_b(m, s, i, xn, H, L->gu.kind, &a[i]);
+        }
+        matvec_rows_multi(&L->gu, a, B, r0, r1, s->btmp, (size_t)2 * big, s->bsd);
+        matvec_rows_multi(&L->gu, a, B, I + r0, I + r1, s->btmp + (r1 - r0), (size_t)2 * big, s->bsd);
+        for (int i = 0; i < B; i++) {
+            float *t = s->btmp + (size_t)i * 2 * big, *act = m->bact + (size_t)i * I;
+            lora_rows(L, 2, H, a[i].f, s, r0, r1, t);
+            lora_rows(L, 2, H, a[i].f, s, I + r0, I + r1, t + (r1 - r0));
+            for (int r = r0; r < r1; r++) {
+                float gt = t[r - r0], up = t[r1 - r0 + r - r0];
+                if (L->b_gu) gt += L->b_gu[r], up += L->b_gu[I + r];
+                act[r] = silu(gt) * up;
+            }
+        }
+        barrier(p, &sense);
+        /* down + residual */
+        split(H, tid, nth, 16, &r0, &r1);
+        for (int i = 0; i < B; i++) prep_b(m, s, i, m->bact + (size_t)i * I, I, L->down.kind, &a[i]);
+        matvec_rows_multi(&L->down, a, B, r0, r1, s->btmp, (size_t)2 * big, s->bsd);
+        for (int i = 0; i < B; i++) {
+            float *t = s->btmp + (size_t)i * 2 * big, *x = m->bx + (size_t)i * H;
+            lora_rows(L, 3, I, a[i].f, s, r0, r1, t);
+            for (int r = r0; r < r1; r++) x[r] += t[r - r0] + (L->b_down ? L->b_down[r] : 0.f);
+        }
+        barrier(p, &sense);
+    }
+    for (int i = 0; i < B; i++) {
+        float *xn = s->bxn + (size_t)i * big;
+        rms_to(m->bx + (size_t)i * H, m->norm, H, m->eps, xn);
+        prep_b(m, s, i, xn, H, m->head.kind, &a[i]);
+    }
+    split(m->V, tid, nth, 64, &r0, &r1);
+    matvec_rows_multi(&m->head, a, B, r0, r1, m->blogits + r0, (size_t)m->V, s->bsd);
+}
+
+/* One decode step of B (1..16) sequences: sequence i runs tokens[i], writes its keys/values
+   at slots[i] of its own caches kv[i][layer] = (keys, values), each (nkv, caps[i][layer], d),
+   attends over slots [0, Ts[i]) with rope tables cos/sin row i (d each), and its logits land
+   in row i of logits (B, V).  Returns 0; -1 bad arguments, -2 a bad cache, -3 out of memory. */
+int syn_decode_batch(Model *m, int B, const int32_t *tokens, const int32_t *slots, const int32_t *Ts,
+                     const float *cos, const float *sin, float *const *kv, const int32_t *caps, float *logits) {
+    if (B < 1 || B > 16 || !tokens || !slots || !Ts || !cos || !sin || !kv || !caps || !logits) return -1;
+    int maxcap = 0;
+    for (int i = 0; i < B; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->V || slots[i] < 0 || Ts[i] < 1) return -1;
+        for (int l = 0; l < m->nl; l++) {
+            const int cap = caps[(size_t)i * m->nl + l];
+            if (!kv[((size_t)i * m->nl + l) * 2] || !kv[((size_t)i * m->nl + l) * 2 + 1] || slots[i] >= cap ||
+                Ts[i] > cap)
+                return -2;
+            maxcap = cap > maxcap ? cap : maxcap;
+        }
+    }
+    if (batch_reserve(m, B)) return -3;
+    for (int t = 0; t < m->nth; t++) {
+        Scratch *s = &m->scr[t];
+        if (s->scores_cap < maxcap) {
+            float *n = (float *)realloc(s->scores, (size_t)maxcap * sizeof(float));
+            if (!n) return -3;
+            s->scores = n;
+            s->scores_cap = maxcap;
+        }
+    }
+    m->B = B, m->btok = tokens, m->bslot = slots, m->bT = Ts, m->bcos = cos, m->bsin = sin, m->bkv = kv;
+    m->bcapk = caps, m->blogits = logits;
+    pool_run(m->pool, decode_batch_body, m, 1);
     return 0;
 }
 

@@ -34,7 +34,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-off-by-default", action="store_true",
                    help="chat uses memory only when a request sends \"memory\": true")
     p.add_argument("--default-user", default="default", help="memory user when a request names none")
-    p.add_argument("--parallel", type=int, default=1, help="generations admitted at once (tokens interleave)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="generations admitted at once (decoded in one batch on the NumPy backend's engine, "
+                        "interleaved otherwise)")
+    p.add_argument("--no-batch", action="store_true",
+                   help="decode admitted generations one at a time (interleaved) instead of in one batch")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
     p.add_argument("--max-body-mb", type=float, default=1.0)
     p.add_argument("--max-prompt-chars", type=int, default=100_000)
@@ -112,6 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                               default_max_tokens=args.max_tokens, max_tokens_limit=args.max_tokens_limit,
                               temperature=args.temp, memory=not (args.no_memory or args.memory_off_by_default),
                               default_user=args.default_user, parallel=args.parallel, max_queue=args.max_queue,
+                              batch=not args.no_batch,
                               model_id=Path(args.model).name if args.model else "SmolLM2-135M-Instruct")
         model, tok = load(args.model, backend=args.backend)
         bank = None if args.no_memory else MemoryBank(args.db, backend=args.backend)

@@ -45,6 +45,7 @@ class ServerConfig:
     default_user: str = "default"
     parallel: int = 1
     max_queue: int = 16
+    batch: bool = True  # decode admitted streams together (NumPy backend on the compiled engine)
     model_id: str = "mlx-synapse"
 
     def __post_init__(self):
@@ -165,7 +166,7 @@ def create_app(model, tokenizer, bank, config: Optional[ServerConfig] = None) ->
     its SQLite connection is opened with ``check_same_thread=False``); it is closed at shutdown.
     """
     config = config or ServerConfig()
-    engine = Engine(parallel=config.parallel, max_queue=config.max_queue)
+    engine = Engine(parallel=config.parallel, max_queue=config.max_queue, batch=config.batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -89,7 +89,10 @@ def _split(messages) -> Tuple[Optional[str], List[Tuple[str, str]], str]:
 
 
 def chat_stream(model, tokenizer, bank, messages, *, user: str, memory: bool, max_tokens: int,
-                sampling: dict, top_logprobs: Optional[int] = None, constraint=None) -> Tuple[Iterator, Turn]:
+                sampling: dict, top_logprobs: Optional[int] = None, constraint=None,
+                gen_model=None) -> Tuple[Iterator, Turn]:
+    """``gen_model``: what the reply is generated on (the engine's per-stream model, so that its
+    decode steps can be batched), ``model`` by default; the memory bank's work uses ``model``."""
     if memory:
         system, pairs, message = _split(messages)
         a = Assistant(model, tokenizer, bank, user=user, max_tokens=max_tokens, system=system)
@@ -110,7 +113,8 @@ def chat_stream(model, tokenizer, bank, messages, *, user: str, memory: bool, ma
         procs, turn = [], Turn()
     if constraint is not None:  # last, so that nothing lifts a forbidden token back
         procs = list(procs) + [constraint]
-    gen = stream_generate(model, tokenizer, ids, max_tokens=max_tokens, logits_processors=procs, **sampling)
+    gen = stream_generate(gen_model if gen_model is not None else model, tokenizer, ids, max_tokens=max_tokens,
+                          logits_processors=procs, **sampling)
     return with_logprobs(gen, tokenizer, top_logprobs), turn
 
 

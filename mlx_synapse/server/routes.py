@@ -87,8 +87,12 @@ async def _generate(request: Request, make, *, stream: bool, include_usage: bool
     stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(st.engine.slot())
     try:
-        gen, turn = await st.engine.call(make)
-        tokens = st.engine.iterate(gen)
+        def build():  # on the worker thread: the stream's model (batched decode where it can be), its generator
+            gm = st.engine.stream_model(st.model)
+            return (*make(gm), gm)
+
+        gen, turn, gm = await st.engine.call(build)
+        tokens = st.engine.iterate(gen, gm)
         stack.push_async_callback(tokens.aclose)
         try:
             first = await tokens.__anext__()
@@ -265,9 +269,9 @@ async def chat_completions(req: ChatRequest, request: Request):
                        param="memory", code="memory_off")
     max_tokens, opts = _sampling(st, req)
     constraint = _constraint(st, req.response_format)
-    make = lambda: chat_stream(st.model, st.tokenizer, st.bank, req.messages, user=user,  # noqa: E731
-                               memory=memory, max_tokens=max_tokens, sampling=opts, top_logprobs=req.top_k_logprobs(),
-                               constraint=constraint)
+    make = lambda gm: chat_stream(st.model, st.tokenizer, st.bank, req.messages, user=user,  # noqa: E731
+                                  memory=memory, max_tokens=max_tokens, sampling=opts,
+                                  top_logprobs=req.top_k_logprobs(), constraint=constraint, gen_model=gm)
     return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="chat",
                            logprobs=req.top_k_logprobs() is not None,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage))
@@ -296,8 +300,8 @@ async def completions(req: CompletionRequest, request: Request):
         raise ApiError(400, "echo is not supported; drop 'echo'.", param="echo", code="unsupported")
     max_tokens, opts = _sampling(st, req)
     constraint = _constraint(st, req.response_format)
-    make = lambda: completion_stream(st.model, st.tokenizer, prompt, max_tokens=max_tokens,  # noqa: E731
-                                     sampling=opts, top_logprobs=req.top_k_logprobs(), constraint=constraint)
+    make = lambda gm: completion_stream(gm, st.tokenizer, prompt, max_tokens=max_tokens,  # noqa: E731
+                                        sampling=opts, top_logprobs=req.top_k_logprobs(), constraint=constraint)
     return await _generate(request, make, stream=req.stream, stops=req.stops(), kind="text",
                            logprobs=req.top_k_logprobs() is not None,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage))
@@ -342,5 +346,6 @@ async def health(request: Request):
     st = _state(request)
     status = "shutting_down" if st.engine.closing else "ok"
     return JSONResponse({"status": status, "model": st.model_id, "active": st.engine.active,
-                         "waiting": st.engine.waiting, "parallel": st.engine.parallel},
+                         "waiting": st.engine.waiting, "parallel": st.engine.parallel,
+                         "batched_steps": st.engine.batched_steps, "batched_rows": st.engine.batched_rows},
                         status_code=503 if st.engine.closing else 200)

@@ -130,6 +130,8 @@ class DecodeEngine:
         self._shape = (a.num_kv_heads, a.head_dim)
         self._bound = None  # the layer-0 key buffer the engine's cache pointers were set from
         self.logits = np.empty(a.vocab_size, np.float32)
+        self._batch_logits = np.empty((0, a.vocab_size), np.float32)
+        self._nl = a.num_layers
         self._lora_keep = []
         self.set_adapters(model)
 
@@ -180,6 +182,54 @@ class DecodeEngine:
         rc = self.lib.syn_decode(self._ctx, int(token), slot, T, cos.ctypes.data, sin.ctypes.data, _ptr(out))
         if rc != 0:
             raise RuntimeError(f"[DecodeEngine] decode failed (code {rc}) at position {pos}")
+        return out
+
+    MAX_BATCH = 16
+
+    def step_batch(self, tokens, caches) -> np.ndarray:
+        """One decode step of several sequences at once: ``tokens[i]`` at the next position of
+        ``caches[i]`` (each a list of per-layer caches, as :meth:`step` takes), every weight
+        read once for all of them.  Returns logits ``(B, V)`` in a buffer the next call
+        overwrites; row i is bit-identical to what :meth:`step` gives for that sequence alone.
+
+        Every token and cache is checked before any cache is touched."""
+        B = len(tokens)
+        if B != len(caches) or not 1 <= B <= self.MAX_BATCH:
+            raise ValueError(f"[DecodeEngine.step_batch] need 1 to {self.MAX_BATCH} tokens and as many caches, "
+                             f"got {B} tokens and {len(caches)} caches")
+        V, nl = self.logits.shape[0], self._nl
+        ids = np.asarray(tokens)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1 or ids.min() < 0 or ids.max() >= V:
+            raise ValueError(f"[DecodeEngine.step_batch] token ids must be integers in [0, {V}), got {list(tokens)}")
+        if len({id(c) for c in caches}) != B:
+            raise ValueError("[DecodeEngine.step_batch] the same cache appears twice; each sequence needs its own")
+        for c in caches:
+            if not self.supports(c) or len(c) != nl:
+                raise ValueError(f"[DecodeEngine.step_batch] each cache must be {nl} KVCache/RotatingKVCache layers")
+        d = self._shape[1]
+        tok = ids.astype(np.int32)
+        offsets = [[c.offset for c in cache] for cache in caches]
+        slots, Ts = np.empty(B, np.int32), np.empty(B, np.int32)
+        cos, sin = np.empty((B, d), np.float32), np.empty((B, d), np.float32)
+        kv, caps = np.empty((B, nl, 2), np.uintp), np.empty((B, nl), np.int32)
+        for i, cache in enumerate(caches):
+            pos = cache[0].offset
+            slots[i], Ts[i] = [c.reserve_decode_slot(self._shape) for c in cache][0]
+            ct, st = self._rope.tables(pos, 1)
+            cos[i], sin[i] = ct.reshape(d), st.reshape(d)
+            for l, c in enumerate(cache):
+                kv[i, l, 0], kv[i, l, 1], caps[i, l] = c.keys.ctypes.data, c.values.ctypes.data, c.keys.shape[1]
+        if self._batch_logits.shape[0] < B:
+            self._batch_logits = np.empty((B, V), np.float32)
+        out = self._batch_logits[:B]
+        rc = self.lib.syn_decode_batch(self._ctx, B, tok.ctypes.data, slots.ctypes.data, Ts.ctypes.data,
+                                       cos.ctypes.data, sin.ctypes.data, kv.ctypes.data, caps.ctypes.data,
+                                       out.ctypes.data)
+        if rc != 0:  # nothing was computed: give the reserved slots back
+            for cache, offs in zip(caches, offsets):
+                for c, o in zip(cache, offs):
+                    c.offset = o
+            raise RuntimeError(f"[DecodeEngine.step_batch] batched decode failed (code {rc})")
         return out
 
     # -- prefill helpers: one threaded pass where NumPy makes several

@@ -795,12 +795,18 @@ class Assistant:
                     self.reader_note = f"reader off: {e}"
         return self._reader
 
+    def turn_reader(self):
+        """The reader adapter the reply to the last :meth:`prepare` is generated with: the
+        :class:`mlx_synapse.reader.Reader` when that prompt shows a ``Context:`` block and a
+        reader is installed, else None (the base model)."""
+        return self.reader() if self._context_shown else None
+
     def reader_scope(self):
         """A context in which the model generates the reply to the last :meth:`prepare`: the
         reader adapter on when that prompt shows a ``Context:`` block, else nothing changed."""
         import contextlib
 
-        r = self.reader() if self._context_shown else None
+        r = self.turn_reader()
         return r.active() if r is not None else contextlib.nullcontext()
 
     def not_told(self, message: str, memories: List[Tuple[Entry, float]]) -> bool:

@@ -193,3 +193,55 @@ def test_default_model_eight_streams_batched_equal_alone():
     for (text, extra), r in zip(jobs, got):
         assert r["text"] == _alone(model, tok, text, 24), text
     assert health["batched_steps"] > 0 and health["batched_rows"] >= 4 * health["batched_steps"], health
+
+
+def test_memory_turns_use_the_reader_even_in_a_batch(tiny, tmp_path, monkeypatch, smollm2_dir):
+    """A chat turn that shows memories is answered with the reader adapter on, as the chat
+    does; concurrent memory-less streams in the same batches see the base model only."""
+    mx = pytest.importorskip("mlx.core")
+    from mlx_synapse.learn import apply_lora, load_trainable, lora_layers, save_adapter
+    from mlx_synapse.loader import load
+    from mlx_synapse.memory.bank import MemoryBank
+
+    from .test_memory_bank import BagOfWords
+
+    (tmp_path / "tiny_reader").mkdir()
+    path = tiny_model_dir(tmp_path / "tiny_reader", smollm2_dir)
+    trainable, _ = load_trainable(path)
+    mx.random.seed(1)
+    apply_lora(trainable, num_layers=-1, rank=4, scale=2.0)
+    rng = np.random.default_rng(5)
+    for layer in lora_layers(trainable).values():
+        layer.lora_b = mx.array(rng.normal(0, 0.3, layer.lora_b.shape).astype(np.float32))
+    save_adapter(trainable, tmp_path / "reader")
+
+    def ask_all(reader_setting, jobs, parallel):
+        monkeypatch.setenv("MLX_SYNAPSE_READER", reader_setting)
+        model, tok = load(str(path), backend="numpy")
+        if model.engine is None:
+            pytest.skip(f"the compiled CPU engine is unavailable ({model.engine_status})")
+        bank = MemoryBank(tmp_path / f"m_{reader_setting[-6:]}_{parallel}.db", BagOfWords(), backend="numpy")
+        bank.add("My sister lives in Coimbra.", user="u")
+        bank.add("My dog is called Pickle.", user="u")
+        app = create_app(model, tok, bank, ServerConfig(parallel=parallel, max_queue=8))
+        try:
+            with live(app) as url:
+                got = _together(url, jobs) if parallel > 1 else [_chat(url, t, **e) for t, e in jobs]
+                health = httpx.get(url + "/health").json()
+        finally:
+            bank.close()
+        return got, health, model, tok
+
+    ask = {"memory": True, "user": "u", "max_tokens": 24}
+    jobs = [("Where does my sister live?", ask), ("What is my dog called?", ask),
+            (TEXTS[0], {"max_tokens": 24}), (TEXTS[3], {"max_tokens": 24})]
+    alone, _, _, _ = ask_all(str(tmp_path / "reader"), jobs, parallel=1)
+    bare, _, _, _ = ask_all("0", jobs, parallel=1)
+    together, health, model, tok = ask_all(str(tmp_path / "reader"), jobs, parallel=4)
+    assert health["batched_steps"] > 0, health
+    # the reader answers the memory turns: not the base model's reply ...
+    assert [r["text"] for r in alone[:2]] != [r["text"] for r in bare[:2]]
+    # ... and batching changes no reply: memory turns with the reader, the others without
+    assert [r["text"] for r in together] == [r["text"] for r in alone]
+    for (text, extra), r in zip(jobs[2:], together[2:]):
+        assert r["text"] == _alone(model, tok, text, 24) == bare[jobs.index((text, extra))]["text"]

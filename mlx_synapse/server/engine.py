@@ -46,6 +46,7 @@ class StreamModel:
 
     def __init__(self, model):
         self._model = model
+        self.reader = None  # the reader adapter this stream's steps run with (None: the base model)
         self.cache = None  # the per-layer caches this stream's decode steps use
         self.pending = None  # (token, logits) computed by a batched step, for the next step_logits
 
@@ -229,12 +230,17 @@ class Engine:
         eng = batch[0].model.engine if len(batch) > 1 else None
         if eng is not None:
             batch = [s for s in batch if eng.supports(s.model.cache)]
-            for i in range(0, len(batch), eng.MAX_BATCH):
-                part = batch[i:i + eng.MAX_BATCH]
+            groups: dict = {}  # streams with the same adapter state step together
+            for s in batch:
+                groups.setdefault(id(s.model.reader), []).append(s)
+            parts = [g[i:i + eng.MAX_BATCH] for g in groups.values() for i in range(0, len(g), eng.MAX_BATCH)]
+            for part in parts:
                 if len(part) < 2:
                     continue
+                reader = part[0].model.reader
                 try:
-                    logits = eng.step_batch([s.next_token for s in part], [s.model.cache for s in part])
+                    with reader.active() if reader is not None else contextlib.nullcontext():
+                        logits = eng.step_batch([s.next_token for s in part], [s.model.cache for s in part])
                 except (ValueError, RuntimeError, MemoryError) as e:  # each stream steps alone instead
                     log.warning("batched decode step failed (%s); stepping %d streams one by one", e, len(part))
                     continue

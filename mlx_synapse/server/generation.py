@@ -100,6 +100,7 @@ def chat_stream(model, tokenizer, bank, messages, *, user: str, memory: bool, ma
         ids, memories, learned = a.prepare(message)
         procs = a.processors(ids, memories)
         turn = Turn(memories, learned, list(a.notes))
+        reader = a.turn_reader()
     else:
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
         if getattr(tokenizer, "has_chat_template", False):
@@ -110,12 +111,28 @@ def chat_stream(model, tokenizer, bank, messages, *, user: str, memory: bool, ma
         else:
             ids = build_prompt(tokenizer, "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:",
                                use_chat_template=False)
-        procs, turn = [], Turn()
+        procs, turn, reader = [], Turn(), None
     if constraint is not None:  # last, so that nothing lifts a forbidden token back
         procs = list(procs) + [constraint]
-    gen = stream_generate(gen_model if gen_model is not None else model, tokenizer, ids, max_tokens=max_tokens,
-                          logits_processors=procs, **sampling)
+    gm = gen_model if gen_model is not None else model
+    gen = stream_generate(gm, tokenizer, ids, max_tokens=max_tokens, logits_processors=procs, **sampling)
+    if reader is not None:  # a turn that shows memories: the reader adapter, as in the chat
+        gen = with_reader(gen, reader)
+        if gm is not model:
+            gm.reader = reader  # the engine batches this stream's decode steps with the reader on
     return with_logprobs(gen, tokenizer, top_logprobs), turn
+
+
+def with_reader(gen: Iterator, reader) -> Iterator:
+    """``gen``'s items, each computed with ``reader`` switched on and off again after it: the
+    worker thread interleaves streams, and only this one's steps may see the adapter."""
+    while True:
+        with reader.active():
+            try:
+                item = next(gen)
+            except StopIteration:
+                return
+        yield item
 
 
 def completion_stream(model, tokenizer, prompt, *, max_tokens: int, sampling: dict,

@@ -100,6 +100,8 @@ class Reader:
 
     def __init__(self, model, path: Union[str, os.PathLike]):
         self.model, self.path, self.enabled = model, Path(path), False
+        if not hasattr(model, "layers"):
+            raise ValueError(f"[reader] a {type(model).__name__} has no decoder blocks an adapter can attach to.")
         if getattr(model, "backend", None) == "numpy" or hasattr(model, "set_lora"):
             self._init_numpy()
         else:

@@ -14,11 +14,12 @@
  *   2 QACT    K | x                                            -> codes (as float), d, sums
  *   3 GEMM    threads kind N K group T flags | w, s, b, x (T, K), norm (K)
  *                                                              -> y (T, N)
- *   4 DECODE  threads nl H nh nkv d inter V steps eps |
+ *   4 DECODE  threads nl H nh nkv d inter V steps B eps |
  *             per layer: ln1 (H), ln2 (H), b_qkv (nqkv), 4 matrices (qkv, o, gu, down);
  *             head matrix, final norm (H), embed (V, H), perm (d, int32),
- *             tokens (steps, int32), cos (steps, d), sin (steps, d)
- *                                                              -> logits (steps, V)
+ *             tokens (B, steps, int32), cos (steps, d), sin (steps, d)
+ *             -> logits (steps, V) of syn_decode on tokens[0], then (steps, B, V) of
+ *                syn_decode_batch on all B sequences at once (each its own caches)
  *   a matrix: kind group | w, [s, b]  (w: float32 rows, 4-bit packed K/2 bytes a row, or 8-bit K bytes)
  *
  * Exit status 0 on success; a short message on stderr otherwise.
@@ -137,15 +138,20 @@ static void op_gemm(void) {
 
 static void op_decode(void) {
     const int threads = rd_i32(), nl = rd_i32(), H = rd_i32(), nh = rd_i32(), nkv = rd_i32(), d = rd_i32(),
-              inter = rd_i32(), V = rd_i32(), steps = rd_i32();
+              inter = rd_i32(), V = rd_i32(), steps = rd_i32(), B = rd_i32();
     const float eps = rd_f32();
     const int nqkv = (nh + 2 * nkv) * d;
     Model *m = syn_new(nl, H, nh, nkv, d, inter, V, eps, threads, 2000);
     if (!m) die("syn_new failed");
     float **vecs = (float **)calloc((size_t)nl * 3, sizeof(float *));
     InMat *mats = (InMat *)calloc((size_t)nl * 4 + 1, sizeof(InMat));
-    float **caches = (float **)calloc((size_t)nl * 2, sizeof(float *));
-    if (!vecs || !mats || !caches) die("out of memory");
+    /* caches[(i * nl + l) * 2 + c]: sequence i's keys (c = 0) / values of layer l; i = B: syn_decode's */
+    float **caches = (float **)calloc((size_t)(B + 1) * nl * 2, sizeof(float *));
+    int32_t *caps = (int32_t *)malloc((size_t)B * nl * sizeof(int32_t));
+    if (!vecs || !mats || !caches || !caps) die("out of memory");
+    for (int i = 0; i < (B + 1) * nl * 2; i++)
+        if (!(caches[i] = (float *)calloc((size_t)nkv * steps * d, sizeof(float)))) die("out of memory");
+    for (int i = 0; i < B * nl; i++) caps[i] = steps;
     const int NK[4][2] = {{nqkv, H}, {H, nh * d}, {2 * inter, H}, {H, inter}};
     for (int l = 0; l < nl; l++) {
         vecs[3 * l] = (float *)rd_buf((size_t)H * sizeof(float));
@@ -161,31 +167,42 @@ static void op_decode(void) {
         }
         const float *vec[7] = {vecs[3 * l + 2], NULL, NULL, NULL, vecs[3 * l], vecs[3 * l + 1], NULL};
         syn_set_layer(m, l, kinds, groups, w, s, b, vec);
-        for (int c = 0; c < 2; c++) {
-            caches[2 * l + c] = (float *)calloc((size_t)nkv * steps * d, sizeof(float));
-            if (!caches[2 * l + c]) die("out of memory");
-        }
-        if (syn_set_cache(m, l, caches[2 * l], caches[2 * l + 1], steps) != 0) die("syn_set_cache failed");
+        float **own = caches + (size_t)B * nl * 2;
+        if (syn_set_cache(m, l, own[2 * l], own[2 * l + 1], steps) != 0) die("syn_set_cache failed");
     }
     InMat *head = &mats[4 * nl];
     *head = rd_mat(V, H);
     float *norm = (float *)rd_buf((size_t)H * sizeof(float));
     float *embed = (float *)rd_buf((size_t)V * H * sizeof(float));
     int32_t *perm = (int32_t *)rd_buf((size_t)d * sizeof(int32_t));
-    int32_t *tokens = (int32_t *)rd_buf((size_t)steps * sizeof(int32_t));
+    int32_t *tokens = (int32_t *)rd_buf((size_t)B * steps * sizeof(int32_t));
     float *cos = (float *)rd_buf((size_t)steps * d * sizeof(float)), *sin = (float *)rd_buf((size_t)steps * d * sizeof(float));
     syn_set_head(m, head->kind, head->group, head->w, head->s, head->b, norm, embed, perm);
-    float *logits = (float *)calloc((size_t)V, sizeof(float));
-    if (!logits) die("out of memory");
+    float *logits = (float *)calloc((size_t)B * V, sizeof(float)), *bcos = (float *)malloc((size_t)B * d * 4),
+          *bsin = (float *)malloc((size_t)B * d * 4);
+    int32_t *btok = (int32_t *)malloc((size_t)B * 4), *slots = (int32_t *)malloc((size_t)B * 4),
+            *Ts = (int32_t *)malloc((size_t)B * 4);
+    if (!logits || !bcos || !bsin || !btok || !slots || !Ts) die("out of memory");
     for (int t = 0; t < steps; t++) {
         if (syn_decode(m, tokens[t], t, t + 1, cos + (size_t)t * d, sin + (size_t)t * d, logits) != 0)
             die("syn_decode failed");
         wr(logits, (size_t)V);
     }
+    for (int t = 0; t < steps; t++) {
+        for (int i = 0; i < B; i++) {
+            btok[i] = tokens[(size_t)i * steps + t], slots[i] = t, Ts[i] = t + 1;
+            memcpy(bcos + (size_t)i * d, cos + (size_t)t * d, (size_t)d * 4);
+            memcpy(bsin + (size_t)i * d, sin + (size_t)t * d, (size_t)d * 4);
+        }
+        if (syn_decode_batch(m, B, btok, slots, Ts, bcos, bsin, caches, caps, logits) != 0)
+            die("syn_decode_batch failed");
+        wr(logits, (size_t)B * V);
+    }
+    free(bcos), free(bsin), free(btok), free(slots), free(Ts), free(caps);
     syn_free(m);
     for (int i = 0; i < 4 * nl + 1; i++) free_mat(&mats[i]);
     for (int i = 0; i < 3 * nl; i++) free(vecs[i]);
-    for (int i = 0; i < 2 * nl; i++) free(caches[i]);
+    for (int i = 0; i < (B + 1) * nl * 2; i++) free(caches[i]);
     free(mats), free(vecs), free(caches), free(norm), free(embed), free(perm), free(tokens), free(cos), free(sin),
         free(logits);
 }

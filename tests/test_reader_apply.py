@@ -204,13 +204,13 @@ def test_shipped_reader_on_the_default_model(tmp_path, smollm2_dir, backend, mon
     from mlx_synapse import load
     from mlx_synapse.assistant import Assistant
     from mlx_synapse.memory.bank import MemoryBank
-    from mlx_synapse.reader import WEIGHTS_DIR
+    from mlx_synapse.reader import default_dir
 
     from .test_memory_bank import BagOfWords
 
     monkeypatch.delenv("MLX_SYNAPSE_READER", raising=False)
-    if not (WEIGHTS_DIR / "adapters.safetensors").is_file():
-        pytest.skip("no reader weights shipped yet (mlx_synapse/reader/weights/)")
+    if not (default_dir() / "adapters.safetensors").is_file():
+        pytest.skip(f"no trained reader in {default_dir()} (nor in shared/data/reader)")
     model, tok = load(smollm2_dir, backend=backend)
     bare, _ = load(smollm2_dir, backend=backend)
     bank = MemoryBank(tmp_path / "m.db", BagOfWords(), backend="numpy")

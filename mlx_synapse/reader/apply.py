@@ -27,25 +27,38 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-ENV = "MLX_SYNAPSE_READER"  # "0"/"off": no reader; a directory: that adapter instead of the shipped one
+ENV = "MLX_SYNAPSE_READER"  # "0"/"off": no reader; a directory: that adapter instead of the installed one
 _OFF = ("0", "off", "false", "no", "none")
 
-__all__ = ["Reader", "SwitchedLoRA", "WEIGHTS_DIR", "ENV", "resolve", "reader_for"]
+__all__ = ["Reader", "SwitchedLoRA", "ENV", "default_dir", "resolve", "reader_for"]
+
+
+def default_dir() -> Path:
+    """Where the trained reader is looked for: ``$MLX_SYNAPSE_CACHE/reader`` (the cache the
+    default model lives in), else ``shared/data/reader`` beside the working directory or the
+    source tree (a few folders up); the cache's path when neither holds one."""
+    from ..defaults import cache_dir
+
+    cache = cache_dir() / "reader"
+    ups = list(Path.cwd().resolve().parents)[:4] + list(Path(__file__).resolve().parents)[2:6]
+    for d in [cache] + [u / "shared" / "data" / "reader" for u in ups]:
+        if (d / "adapters.safetensors").is_file():
+            return d
+    return cache
 
 
 def resolve(setting: Union[None, bool, str, os.PathLike] = None) -> Tuple[Optional[Path], str]:
     """Which adapter directory a setting means: ``(path or None, why)``.
 
     ``False``: none. ``None`` / ``True``: ``$MLX_SYNAPSE_READER`` when set (a directory,
-    or 0/off), else the package's ``reader/weights``. A path: that directory."""
+    or 0/off), else :func:`default_dir`. A path: that directory."""
     if setting is False:
         return None, "reader off (reader=False)"
     if setting is None or setting is True:
         env = os.environ.get(ENV, "").strip()
         if env.lower() in _OFF:
             return None, f"reader off ({ENV}={env})"
-        path = Path(env) if env else WEIGHTS_DIR
+        path = Path(env) if env else default_dir()
     else:
         path = Path(setting)
     if not (path / "adapters.safetensors").is_file() or not (path / "adapter_config.json").is_file():

@@ -14,7 +14,7 @@ those within ``--max-ppl-drift`` (early stop after ``--patience`` evaluations wi
 better one). Then, with the adapter off (the base model) and on: WikiText-2 perplexity,
 HellaSwag (``--hellaswag N``), and the share of validation answers greedy decoding
 reproduces, per category. ``OUT`` gets ``adapter_config.json`` + ``adapters.safetensors``
-(copy them into ``mlx_synapse/reader/weights/`` to ship) and ``report.json``.
+(copy them into ``$MLX_SYNAPSE_CACHE/reader/`` to use them) and ``report.json``.
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ def run(a, log=print) -> dict:
     from ..learn.bank_sleep import SleepConfig, general_sets, general_text_path
     from ..learn.data import tokenize
     from ..learn.trainer import base_log_probs, distill_loss, evaluate, iterate_batches, loss_fn, make_batch
+    from .apply import default_dir
     from .data import generate
 
     t_start = time.perf_counter()
@@ -285,7 +286,7 @@ def run(a, log=print) -> dict:
         f"{after['ppl']:.3f} ({100 * report['ppl_drift']:+.2f}%), answers {before['answers']['all']:.3f} -> "
         f"{after['answers']['all']:.3f}" + (f", HellaSwag {before['hellaswag']:.3f} -> {after['hellaswag']:.3f}"
                                             if items else "") + f"; {report['seconds']:.0f} s in all")
-    log(f"to ship it: cp {out}/adapter_config.json {out}/adapters.safetensors mlx_synapse/reader/weights/")
+    log(f"to use it: cp {out}/adapter_config.json {out}/adapters.safetensors {default_dir()}/")
     return report
 
 

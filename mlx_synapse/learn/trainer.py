@@ -97,6 +97,22 @@ def base_log_probs(model: nn.Module, tokens: mx.array) -> mx.array:
     return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
 
+def replay_loss(model: nn.Module, batch: tuple, rep: Optional[tuple], base_logp: Optional[mx.array],
+                distill: float) -> Tuple[mx.array, mx.array]:
+    """Loss of a batch beside its replayed general rows ``rep`` (both :func:`make_batch`
+    triples; ``rep`` None: the batch alone): with ``distill > 0`` the batch's cross-entropy
+    plus ``distill`` x KL(base || adapted) on ``rep`` (``base_logp``: :func:`base_log_probs`),
+    else cross-entropy pooled over both by token. Returns (loss, the batch's trained tokens
+    -- both batches' when pooled)."""
+    loss, ntoks = loss_fn(model, *batch)
+    if rep is None:
+        return loss, ntoks
+    if distill > 0:
+        return loss + distill * distill_loss(model, rep[0], rep[2], base_logp)[0], ntoks
+    l2, n2 = loss_fn(model, *rep)
+    return (loss * ntoks + l2 * n2) / mx.maximum(ntoks + n2, 1), ntoks + n2
+
+
 def iterate_batches(dataset: list, batch_size: int, seed: int, loop: bool = True) -> Iterator[list]:
     """Batches of examples in an order fixed by ``seed``: a new permutation each pass."""
     if len(dataset) < batch_size:
@@ -162,13 +178,7 @@ def train(
         raise ValueError(f"[train] distill must be >= 0 but got {distill}.")
 
     def total_loss(m, batch, rep, base_logp):
-        loss, ntoks = loss_fn(m, *batch)
-        if rep is not None and distill > 0:
-            kl, _ = distill_loss(m, rep[0], rep[2], base_logp)
-            loss = loss + distill * kl
-        elif rep is not None:
-            l2, n2 = loss_fn(m, *rep)
-            loss, ntoks = (loss * ntoks + l2 * n2) / mx.maximum(ntoks + n2, 1), ntoks + n2
+        loss, ntoks = replay_loss(m, batch, rep, base_logp, distill)
         return (loss + penalty(m) if penalty is not None else loss), ntoks
 
     grad_fn = nn.value_and_grad(model, total_loss)

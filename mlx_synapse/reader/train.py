@@ -147,7 +147,7 @@ def run(a, log=print) -> dict:
     from ..learn import apply_lora, load_trainable, remove_lora, save_adapter
     from ..learn.bank_sleep import SleepConfig, general_sets, general_text_path
     from ..learn.data import tokenize
-    from ..learn.trainer import base_log_probs, distill_loss, evaluate, iterate_batches, loss_fn, make_batch
+    from ..learn.trainer import base_log_probs, evaluate, iterate_batches, make_batch, replay_loss
     from .apply import default_dir
     from .data import generate
 
@@ -194,16 +194,7 @@ def run(a, log=print) -> dict:
     mx.random.seed(a.seed)
     apply_lora(model, num_layers=a.num_layers, rank=a.rank, scale=a.scale)
     opt = optim.AdamW(learning_rate=a.learning_rate, weight_decay=0.0)
-    def total(m, qa, rep, base_logp):
-        loss, n = loss_fn(m, *qa)
-        if rep is None:
-            return loss, n
-        if a.distill > 0:  # the general text held to the base model's distribution
-            return loss + a.distill * distill_loss(m, rep[0], rep[2], base_logp)[0], n
-        l2, n2 = loss_fn(m, *rep)  # or fitted, pooled with the answers
-        return (loss * n + l2 * n2) / mx.maximum(n + n2, 1), n + n2
-
-    grad_fn = nn.value_and_grad(model, total)
+    grad_fn = nn.value_and_grad(model, lambda m, qa, rep, blp: replay_loss(m, qa, rep, blp, a.distill))
     batches = iterate_batches(qa_set, a.batch_size - n_rep, a.seed)
     rep_batches = iterate_batches(replay_set, n_rep, a.seed + 1) if n_rep else None
     history: Dict[str, list] = {"train_loss": [], "val_loss": [], "ppl": []}

@@ -318,8 +318,17 @@ def test_queue_bound_429_and_health_stays_fast(tiny):
         assert _wait(lambda: st.engine.active == 0 and st.engine.waiting == 0)
 
 
-def test_client_leaving_mid_stream_stops_generation(server):
+def test_client_leaving_mid_stream_stops_generation(server, monkeypatch):
     url, st = server
+    # each decode round takes at least 5 ms, so 400 tokens take 2 s or more whatever the
+    # machine's speed: the client always leaves before the generation could end by itself
+    slow_round = st.engine._round
+
+    def round_5ms(ready):
+        time.sleep(0.005)
+        return slow_round(ready)
+
+    monkeypatch.setattr(st.engine, "_round", round_5ms)
     before = st.engine.cancelled
     c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
     s = c.chat.completions.create(model="t", messages=[{"role": "user", "content": "Count to a thousand."}],
@@ -333,8 +342,7 @@ def test_client_leaving_mid_stream_stops_generation(server):
     reason, tokens = st.engine.last_finish
     assert reason == "cancelled" and tokens < 400
 
-    # and a non-streamed request whose client gives up (the 2-layer model writes 400 tokens in
-    # about a second on a quiet 2-core machine, so the client leaves well before that)
+    # and a non-streamed request whose client gives up after 0.3 s, long before 400 tokens
     before = st.engine.cancelled
     with pytest.raises(httpx.TimeoutException):
         httpx.post(url + "/v1/chat/completions", timeout=0.3, json={
